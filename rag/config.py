@@ -1,0 +1,77 @@
+"""One frozen Settings dataclass: every tunable of the pipeline, saved into the index manifest."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from .errors import BadInput
+
+__all__ = ["Settings", "BUNDLED_MODEL", "default_cache_dir"]
+
+BUNDLED_MODEL = "bundled:multilingual-e5-small"
+
+Retriever = Literal["hybrid", "bm25", "dense"]
+
+
+def default_cache_dir() -> Path:
+    """Where converted models live: $RAG_CACHE, else ~/.cache/rag."""
+    env = os.environ.get("RAG_CACHE")
+    if env:
+        return Path(env).expanduser()
+    home = os.environ.get("HOME") or str(Path.home())
+    return Path(home) / ".cache" / "rag"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Pipeline settings; the ones that shape the index are checked when it is loaded."""
+
+    model: str = BUNDLED_MODEL
+    cache_dir: str | None = None
+    # chunking
+    chunk_sentences: int = 3
+    chunk_overlap: int = 1
+    chunk_max_chars: int = 300
+    # retrieval
+    retriever: Retriever = "hybrid"
+    top_k: int = 5
+    candidates: int = 50
+    rrf_k: int = 60
+    bm25_weight: float = 1.0
+    dense_weight: float = 1.0
+    exact_search_max: int = 50_000  # above this many chunks an HNSW index is built
+    # answering
+    max_answer_sentences: int = 3
+    refusal_threshold: float = 0.5
+    max_question_chars: int = 500
+
+    def __post_init__(self) -> None:
+        if self.retriever not in ("hybrid", "bm25", "dense"):
+            raise BadInput(f"retriever must be hybrid, bm25 or dense, got {self.retriever!r}")
+        for name in ("chunk_sentences", "top_k", "candidates", "chunk_max_chars", "max_question_chars"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise BadInput(f"{name} must be an integer >= 1, got {value!r}")
+        if not 0 <= self.chunk_overlap < self.chunk_sentences:
+            raise BadInput(f"chunk_overlap must be in [0, chunk_sentences), got {self.chunk_overlap}")
+
+    def replace(self, **changes) -> "Settings":
+        """Return a copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def cache_path(self) -> Path:
+        """The model cache folder these settings use."""
+        return Path(self.cache_dir).expanduser() if self.cache_dir else default_cache_dir()
+
+    def to_dict(self) -> dict:
+        """The settings as a JSON-ready dict."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Settings":
+        """Settings saved by ``to_dict``; unknown keys (from a newer version) are ignored."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})

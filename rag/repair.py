@@ -1,0 +1,222 @@
+"""OCR repair of a page, as pure functions: drop OCR spaces, join broken lines, keep paragraphs.
+
+Every repaired paragraph carries segments mapping its characters back to raw-page offsets and
+line numbers, so a citation can point at the original line.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .types import Segment
+from .zh import CLOSERS, ends_sentence, is_cjk_punct, is_han
+
+__all__ = ["Paragraph", "remove_ocr_spaces", "should_join", "repair_page", "repair_text", "BLOCK_START_RE", "BYLINE_LINE_RE"]
+
+# Lines that always begin a new block: bylines, news-agency leads, continuations, captions.
+BLOCK_START_RE = re.compile(
+    r"^(本报讯|[□■►▶●◆]|[（(]\s*(上接|下转|接上|紧接)|图[①-⑳\d一二三四五六七八九十]*[：:]|图为|本版图文|"
+    r"[（(]\s*(特约|本报)?(记者|通讯员)[^）)]{0,30}[）)]\s*$)"
+)
+# Lines that stand alone: a byline on its own line ends its block.
+BYLINE_LINE_RE = re.compile(r"^([□■►▶●◆]\s*\S.{0,30}|[（(]\s*(特约|本报)?(记者|通讯员)[^）)]{0,30}[）)])$")
+_NAME_RE = re.compile(r"^[\u4e00-\u9fff]{2,4}$")
+# A news lead glued to the end of a headline on the same line: "爱路护路宣传进校园 本报讯（记者…）".
+_EMBEDDED_START_RE = re.compile(r"\s+(?=本报讯[（(])")
+_OPENERS = "“‘「『（(《【"
+_PAIRS = {"“": "”", "‘": "’", "「": "」", "『": "』", "（": "）", "(": ")", "《": "》", "【": "】"}
+
+
+@dataclass(frozen=True)
+class Paragraph:
+    """A repaired paragraph (or headline, byline, caption line) of a page."""
+
+    text: str
+    segments: tuple[Segment, ...]
+    line: int  # raw line number of its first character
+    gap_before: bool  # two or more blank lines before it: a layout gap between blocks
+
+
+def _kind(ch: str) -> str:
+    if is_han(ch):
+        return "han"
+    if is_cjk_punct(ch):
+        return "punct"
+    if ch.isascii() and ch.isalnum() or ch in "%％.":
+        return "latin"
+    if ch.isdigit() or 0xFF10 <= ord(ch) <= 0xFF5A:
+        return "latin"
+    return "other"
+
+
+def remove_ocr_spaces(line: str) -> tuple[str, list[int]]:
+    """Drop the spaces OCR put inside words; return the text and, per kept char, its index in ``line``.
+
+    Dropped: spaces next to CJK punctuation, between CJK and digits/Latin, and between the
+    characters of a letter-spaced line (``电 子 合 同``). Kept: a single space between two
+    multi-character Chinese words (``陈刚 吴晓军``, ``知险 避险``), and between Latin words.
+
+    >>> remove_ocr_spaces("2023 年 12 月")[0]
+    '2023年12月'
+    """
+    stripped = line.strip()
+    lead = len(line) - len(line.lstrip())
+    tokens = stripped.split()
+    singles = [len(t) == 1 and is_han(t) for t in tokens]
+    # letter-spaced: three single characters, or two in a row ("西 宁 市 召开"), or a short line of them
+    letter_spaced = sum(singles) >= 3 or any(a and b for a, b in zip(singles, singles[1:])) or \
+        (len(tokens) >= 2 and all(len(t) <= 2 for t in tokens) and sum(singles) >= 2)
+    kept: list[int] = []
+    i = 0
+    n = len(stripped)
+    while i < n:
+        ch = stripped[i]
+        if not ch.isspace():
+            kept.append(lead + i)
+            i += 1
+            continue
+        j = i
+        while j < n and stripped[j].isspace():
+            j += 1
+        left, right = stripped[i - 1], stripped[j]
+        kl, kr = _kind(left), _kind(right)
+        drop = (
+            "punct" in (kl, kr)
+            or {kl, kr} == {"han", "latin"}
+            or (kl == kr == "han" and letter_spaced
+                and 1 in (len(stripped[:i].split()[-1]), len(stripped[j:].split()[0])))
+        )
+        if not drop:
+            kept.append(lead + i)  # keep one space
+        i = j
+    return "".join(line[k] for k in kept), kept
+
+
+def _segments(kept: list[int], raw_start: int, line_no: int, text_start: int = 0) -> list[Segment]:
+    segs: list[Segment] = []
+    for pos, k in enumerate(kept):
+        if segs and segs[-1].raw_start + segs[-1].length == raw_start + k and \
+                segs[-1].start + segs[-1].length == text_start + pos:
+            last = segs[-1]
+            segs[-1] = Segment(last.start, last.raw_start, last.length + 1, line_no)
+        else:
+            segs.append(Segment(text_start + pos, raw_start + k, 1, line_no))
+    return segs
+
+
+@dataclass(frozen=True)
+class _Line:
+    text: str
+    segments: tuple[Segment, ...]
+    line: int
+    blanks_before: int
+
+
+def _unbalanced(text: str) -> bool:
+    depth = 0
+    for ch in text:
+        if ch in _PAIRS:
+            depth += 1
+        elif ch in _PAIRS.values() and depth:
+            depth -= 1
+    return depth > 0
+
+
+def should_join(prev: str, nxt: str, width: float, blanks: int = 0) -> bool:
+    """Whether line ``nxt`` continues the paragraph of line ``prev`` (pure rule, table-tested).
+
+    ``width`` is the page's typical full line length; ``blanks`` the blank lines between them.
+    """
+    if blanks >= 2 or not prev or not nxt:
+        return False
+    if BLOCK_START_RE.match(nxt) or BYLINE_LINE_RE.match(prev):
+        return False
+    if ends_sentence(prev):
+        return False
+    if _unbalanced(prev):
+        return True
+    if nxt[0] in "，。、；：？！,.;:?!" + CLOSERS:
+        return True
+    if _NAME_RE.match(nxt):  # a bare author name after a headline
+        return False
+    # headlines are short; a longer line without a full stop was broken by the layout
+    return len(prev) >= min(0.6 * width, 32)
+
+
+def _page_width(lines: list[_Line]) -> float:
+    lengths = sorted(len(ln.text) for ln in lines if ln.text)
+    if not lengths:
+        return 1.0
+    return float(lengths[int(0.75 * (len(lengths) - 1))])
+
+
+def _split_lines(raw: str) -> list[_Line]:
+    out: list[_Line] = []
+    pos = 0
+    blanks = 0
+    for line_no, line in enumerate(raw.split("\n"), start=1):
+        start = pos
+        pos += len(line) + 1
+        text, kept = remove_ocr_spaces(line)
+        if not text:
+            blanks += 1
+            continue
+        segs = _segments(kept, start, line_no)
+        # a headline and the next article's lead printed on one line
+        cut = _EMBEDDED_START_RE.search(text)
+        if cut and cut.start() > 0:
+            head, tail = text[:cut.start()], text[cut.end():]
+            out.append(_Line(head, tuple(_slice(segs, 0, len(head))), line_no, blanks))
+            out.append(_Line(tail, tuple(_slice(segs, cut.end(), len(text))), line_no, 0))
+        else:
+            out.append(_Line(text, tuple(segs), line_no, blanks))
+        blanks = 0
+    return out
+
+
+def _slice(segs: list[Segment] | tuple[Segment, ...], a: int, b: int, shift: int | None = None) -> list[Segment]:
+    """Segments of text[a:b], re-based so that a becomes 0 (or ``shift``)."""
+    base = -a if shift is None else shift - a
+    out = []
+    for s in segs:
+        lo, hi = max(a, s.start), min(b, s.start + s.length)
+        if lo < hi:
+            out.append(Segment(lo + base, s.raw_start + lo - s.start, hi - lo, s.line))
+    return out
+
+
+def repair_page(raw: str) -> list[Paragraph]:
+    """Repair a raw OCR page into paragraphs with raw-offset segments.
+
+    >>> [p.text for p in repair_page("电 子 合 同 推\\n\\n广 应 用。\\n\\n\\n\\n标题")]
+    ['电子合同推广应用。', '标题']
+    """
+    lines = _split_lines(raw)
+    width = _page_width(lines)
+    paras: list[Paragraph] = []
+    cur_text = ""
+    cur_segs: list[Segment] = []
+    cur_line = 0
+    cur_gap = False
+    last_line = ""  # the previous raw line: joining is decided line by line, not on the paragraph
+    for ln in lines:
+        if cur_text and should_join(last_line, ln.text, width, ln.blanks_before):
+            joiner = " " if cur_text[-1].isascii() and cur_text[-1].isalpha() and ln.text[0].isascii() \
+                and ln.text[0].isalpha() else ""
+            base = len(cur_text) + len(joiner)
+            cur_text += joiner + ln.text
+            cur_segs.extend(_slice(ln.segments, 0, len(ln.text), shift=base))
+        else:
+            if cur_text:
+                paras.append(Paragraph(cur_text, tuple(cur_segs), cur_line, cur_gap))
+            cur_text, cur_segs, cur_line = ln.text, list(ln.segments), ln.line
+            cur_gap = ln.blanks_before >= 2 or not paras
+        last_line = ln.text
+    if cur_text:
+        paras.append(Paragraph(cur_text, tuple(cur_segs), cur_line, cur_gap))
+    return paras
+
+
+def repair_text(raw: str) -> str:
+    """The repaired page as plain text, one paragraph a line."""
+    return "\n".join(p.text for p in repair_page(raw))

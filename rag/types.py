@@ -1,0 +1,120 @@
+"""The core records that flow through the pipeline, as frozen dataclasses."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = ["Segment", "Article", "Chunk", "Hit", "Citation", "Answer", "to_dict", "article_from_dict",
+           "chunk_from_dict"]
+
+Kind = Literal["article", "caption"]
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A run of article text copied from one raw-page line: text[start:start+length] == raw[raw_start:...]."""
+
+    start: int
+    raw_start: int
+    length: int
+    line: int  # 1-based line number in the raw page
+
+
+@dataclass(frozen=True)
+class Article:
+    """One article (or photo caption) rebuilt from a newspaper page."""
+
+    article_id: str
+    title: str
+    text: str
+    source: str
+    kind: Kind = "article"
+    subtitle: str | None = None
+    byline: str | None = None
+    continuation: bool = False
+    provisional_title: bool = False
+    segments: tuple[Segment, ...] = ()
+
+    def raw_offset(self, pos: int) -> tuple[int, int]:
+        """Return (raw page offset, raw line number) of character ``pos`` of ``text``."""
+        if not 0 <= pos < len(self.text):
+            raise IndexError(f"position must be in [0, {len(self.text)}), got {pos}")
+        best = None
+        for seg in self.segments:
+            if seg.start <= pos < seg.start + seg.length:
+                return seg.raw_start + pos - seg.start, seg.line
+            if seg.start <= pos:
+                best = seg
+        # characters that were inserted by repair (a joining space) map to the end of the run before
+        if best is None:
+            best = self.segments[0]
+        return best.raw_start + best.length, best.line
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A few consecutive sentences of one article; row i of the index."""
+
+    chunk_id: str
+    article_id: str
+    ordinal: int
+    start: int
+    end: int
+    text: str  # the article's own text[start:end], shown to users
+    embed_text: str  # the text that is embedded and BM25-indexed (carries the title)
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A chunk found for a query, with its fused score and rank (1-based)."""
+
+    rank: int
+    score: float
+    chunk: Chunk
+    title: str
+    source: str
+
+
+@dataclass(frozen=True)
+class Citation:
+    """A verbatim excerpt of an article that supports a part of an answer."""
+
+    n: int
+    article_id: str
+    title: str
+    source: str
+    excerpt: str
+    start: int
+    end: int
+    line: int
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What ``ask`` returns: the answer text with [n] markers, its citations, or a refusal."""
+
+    question: str
+    answer: str
+    refused: bool
+    citations: tuple[Citation, ...] = ()
+    related: tuple[dict, ...] = ()
+    mode: str = "extractive"
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+def to_dict(record: Any) -> dict:
+    """Serialise a record to a JSON-ready dict."""
+    return dataclasses.asdict(record)
+
+
+def article_from_dict(d: dict) -> Article:
+    """Rebuild an Article from ``to_dict`` output."""
+    d = dict(d)
+    d["segments"] = tuple(Segment(**s) for s in d.get("segments", ()))
+    return Article(**d)
+
+
+def chunk_from_dict(d: dict) -> Chunk:
+    """Rebuild a Chunk from ``to_dict`` output."""
+    return Chunk(**d)

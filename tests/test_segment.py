@@ -1,0 +1,145 @@
+"""Articles rebuilt from the five real pages: every headline on the right body, captions apart."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from rag.ingest import read_page
+from rag.segment import segment_page
+
+# (page, headline, distinctive phrase of its body, byline or None) read off the pages by hand
+EXPECTED = [
+    ("000", "以考促改以改促治答好党风廉政建设“年度考卷”", "成立了六个考核组", "记者 李莎莎"),
+    ("000", "我市加快推进电子劳动合同推广应用", "试点企业已顺利签订电子劳动合同182份", "记者 汤红红"),
+    ("000", "格尔木昆仑经济技术开发区综合发展水平在全国的排名较上年跃升85位", "中位列128位", "记者 赵倩"),
+    ("001", "鄂尔多斯高新区打造党群工作“金”名片", "446名干部通过直接聘用", "郭东昕"),
+    ("001", "青岛高新区再造流程优化营商环境", "102台特种设备", "李媛 刘文研"),
+    ("002", "汇聚起抗震救灾和灾后重建的强大正能量", "积石山6.2级地震发生后", "特约记者 张晓英"),
+    ("002", "西宁跻身中国动力电池产能十强城市", "位列全国第八名", "记者 樊娅楠"),
+    ("002", "我省“五经普”工作受国务院表扬", "全省共选聘6845名普查员和普查指导员", "记者 一丁"),
+    ("002", "省人社厅发布急需紧缺人才目录", "共征集了168家单位的急需紧缺人才需求4156人", "记者 一丁"),
+    ("002", "“两室一平台”", "建成乡镇街道人大代表联络室75个", "记者 张艳艳"),
+    ("003", "以高质量考核推动高水平减负", "删除深化改革、档案工作、政务公开等16项指标", None),
+    ("003", "“三化”驱动 点燃人才工作“新引擎”", "州县两级建设高标准人才公寓670余套", None),
+    ("003", "以组织担当激励干部作为", "累计调整不适宜担任现职干部46名", None),
+    ("003", "全链条锻造高素质专业化公务员队伍", "有力有序引才1755人", None),
+    ("003", "以高质量党建为高质量发展蓄势赋能", "2023年度村均收益达24.74万元", None),
+    ("003", "在推进现代化新青海建设的征程中 展现组织工作新担当新作为", "凝心铸魂夯实思想根基", "周学武"),
+    ("004", "我市持续加大产业人才引育力度", "发放奖励资金146万元", "记者 宗布尔"),
+    ("004", "爱路护路宣传进校园", "少年儿童铁路平安行动", "记者 王秀琴 通讯员 蒙文平"),
+    ("004", "市委常委会（扩大）会议召开", "赵冬强调", None),
+]
+# phrases that must not share an article (they belong to different stories on the same page)
+APART = [
+    ("成立了六个考核组", "电子劳动合同182份"),
+    ("446名干部", "102台特种设备"),
+    ("村均收益达24.74万元", "凝心铸魂夯实思想根基"),
+    ("发放奖励资金146万元", "少年儿童铁路平安行动"),
+    ("审计整改", "人民调解员"),
+    ("吴晓军、罗东川", "赵冬强调"),
+    ("位列全国第八名", "6845名普查员"),
+]
+
+
+def _page_articles(articles, prefix):
+    return [a for a in articles if a.source.startswith(prefix)]
+
+
+@pytest.mark.parametrize("page, title, phrase, byline", EXPECTED, ids=[e[1][:12] for e in EXPECTED])
+def test_headline_is_attached_to_its_body(articles, page, title, phrase, byline):
+    found = [a for a in _page_articles(articles, page) if phrase in a.text]
+    assert len(found) == 1, f"{phrase!r} should be in exactly one article"
+    art = found[0]
+    assert art.kind == "article"
+    assert title in art.title, f"{phrase!r} is under {art.title!r}, expected {title!r}"
+    assert not art.provisional_title
+    if byline:
+        assert art.byline == byline
+
+
+@pytest.mark.parametrize("a, b", APART)
+def test_stories_are_not_merged(articles, a, b):
+    holders = [x for x in articles if a in x.text or b in x.text]
+    assert any(a in x.text for x in holders) and any(b in x.text for x in holders)
+    assert not any(a in x.text and b in x.text for x in holders)
+
+
+def test_every_titled_headline_is_found_once(articles):
+    titles = [a.title for a in articles if a.kind == "article" and not a.provisional_title]
+    assert len(titles) == len(EXPECTED)
+
+
+def test_subtitles_and_section_heads(articles):
+    quake = next(a for a in articles if "积石山" in a.text)
+    assert quake.subtitle == "陈刚 吴晓军等领导同志带头捐款"
+    feature = next(a for a in articles if "446名干部" in a.text)
+    # section heads of a feature stay inside it, in order
+    assert feature.text.index("筑牢“红色堡垒”") < feature.text.index("激发干部活力") < feature.text.index("汇聚“石榴籽+”合力")
+
+
+def test_captions_are_separate_records(articles):
+    captions = [a for a in articles if a.kind == "caption"]
+    texts = "\n".join(c.text for c in captions)
+    for phrase in ("图①：德令哈市河西街道", "图④：天峻县民族小学", "图为在江西华伍制动器", "中组部、团中央第23批专家团队",
+                   "乌兰县南沙沟村成立农机服务队"):
+        assert phrase in texts
+    bodies = "\n".join(a.text for a in articles if a.kind == "article")
+    assert "图①" not in bodies and "供图" not in bodies and "图为" not in bodies
+
+
+def test_continuations_are_marked_and_titled_provisionally(articles):
+    cont = next(a for a in articles if "吴晓军、罗东川对企业技术创新成果" in a.text)
+    assert cont.continuation and cont.provisional_title
+    assert cont.title.startswith("在青海维祥科技有限公司")
+    assert "上接" not in cont.text
+    audit = next(a for a in articles if "审计整改工作专题会" in a.text)
+    assert audit.provisional_title and audit.byline == "记者 李莎莎"
+
+
+def test_article_text_maps_back_to_the_raw_page(articles, seeds_dir):
+    raws = {p.name: read_page(p).text for p in seeds_dir.glob("*.txt")}
+    for art in articles:
+        raw = raws[art.source]
+        for seg in art.segments:
+            assert raw[seg.raw_start:seg.raw_start + seg.length] == art.text[seg.start:seg.start + seg.length]
+        # every character but the paragraph breaks comes from the page
+        assert sum(s.length for s in art.segments) == len(art.text) - art.text.count("\n")
+        assert "本报讯" not in art.text[:5]
+
+
+def test_article_ids_are_unique_and_stable(articles, seeds_dir):
+    ids = [a.article_id for a in articles]
+    assert len(set(ids)) == len(ids)
+    again = [a.article_id for p in sorted(seeds_dir.glob("*.txt"))
+             for a in segment_page(read_page(p).text, p.name)]
+    assert again == ids
+
+
+def test_page_with_only_captions(tmp_path):
+    from pathlib import Path
+
+    page = read_page(Path(__file__).parent / "data" / "pages" / "captions_only.txt")
+    arts = segment_page(page.text, page.name)
+    assert arts and all(a.kind == "caption" for a in arts)
+    assert len(arts) == 2
+
+
+def test_headline_printed_after_its_article_on_a_small_page():
+    page = ("本报讯（记者 张三）近日，格尔木市新建公共充电桩80个，\n\n方便新能源汽车车主出行。\n\n"
+            "格尔木新建80个充电桩\n\n□ 记者 李四\n\n今年以来，西宁市图书馆新增藏书两万册。\n\n西宁市图书馆藏书再增两万册\n")
+    arts = segment_page(page, "small.txt")
+    assert [(a.title, a.byline) for a in arts] == [("格尔木新建80个充电桩", "记者 张三"),
+                                                     ("西宁市图书馆藏书再增两万册", "记者 李四")]
+
+
+def test_cli_articles_json(seeds_dir):
+    proc = subprocess.run([sys.executable, "-m", "rag", "articles", "--json", "--seeds", str(seeds_dir)],
+                          capture_output=True, text=True, check=True)
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert {"article_id", "title", "byline", "source", "kind", "text"} <= set(rows[0])
+    titles = [r["title"] for r in rows]
+    for _, title, _, _ in EXPECTED:
+        assert any(title in t for t in titles)
