@@ -1,14 +1,26 @@
-"""The only place that chains the stages: pages -> articles -> index -> hits -> answers."""
+"""The only place that chains the stages: pages -> articles -> chunks -> index -> hits -> answers."""
 from __future__ import annotations
 
+import logging
+import shutil
+import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import BadInput
+from .chunk import chunk_articles
+from .config import Settings
+from .errors import BadInput, IndexFormat, IndexNotFound
+from .index import Index, check_fresh, load_index, seed_hashes, stale_pages, write_index
 from .ingest import list_pages, read_page
+from .retrieve import search as _search
 from .segment import segment_page
-from .types import Article
+from .types import Article, Hit
+from .zh import extract_terms
 
-__all__ = ["load_articles"]
+__all__ = ["load_articles", "build_index", "add_pages", "index_status", "Engine", "get_engine"]
+
+log = logging.getLogger("rag")
 
 
 def load_articles(seeds: str | Path, *, pages: list[Path] | None = None) -> list[Article]:
@@ -27,3 +39,146 @@ def load_articles(seeds: str | Path, *, pages: list[Path] | None = None) -> list
             raise BadInput(f"{page.name}: no article or caption could be read from this page")
         articles.extend(found)
     return articles
+
+
+def _terms(articles: list[Article]) -> list[str]:
+    terms: set[str] = set()
+    for a in articles:
+        terms |= extract_terms(a.title + "\n" + a.text)
+    return sorted(terms)
+
+
+def build_index(seeds: str | Path = "seeds", index_dir: str | Path = "index", *,
+                settings: Settings | None = None) -> dict:
+    """Build the index of every page in ``seeds`` into ``index_dir`` (atomically); return a summary.
+
+    >>> build_index("seeds", "index")  # doctest: +SKIP
+    {'pages': 5, 'articles': 29, 'chunks': 168, ...}
+    """
+    from .embed import get_encoder
+
+    settings = settings or Settings()
+    t0 = time.perf_counter()
+    pages = list_pages(seeds)
+    articles = load_articles(seeds, pages=pages)
+    chunks = chunk_articles(articles, settings)
+    encoder = get_encoder(settings)
+    log.info("embedding %d chunks of %d articles with %s", len(chunks), len(articles), settings.model)
+    vectors = encoder.encode_passages([c.embed_text for c in chunks])
+    write_index(index_dir, articles=articles, chunks=chunks, vectors=vectors, settings=settings,
+                model_name=settings.model, seeds=seed_hashes(pages), terms=_terms(articles))
+    _engines.clear()
+    return {"pages": len(pages), "articles": len(articles), "chunks": len(chunks),
+            "seconds": round(time.perf_counter() - t0, 1), "index": str(index_dir)}
+
+
+def add_pages(files: list[str | Path], index_dir: str | Path = "index", *, seeds: str | Path = "seeds",
+              settings: Settings | None = None) -> dict:
+    """Add (or replace) pages in an existing index, embedding only their chunks.
+
+    Each file is also copied into ``seeds`` (if it is not there already) so that the seeds folder
+    and the index keep describing the same pages.
+    """
+    from .embed import get_encoder
+
+    index = load_index(index_dir)
+    settings = settings or index.settings
+    if settings.model != index.model:
+        raise IndexFormat(f"index at {index_dir} was built with model {index.model!r}, not {settings.model!r}; "
+                          f"rebuild it with `rag index` to change models")
+    settings = index.settings
+    paths = [Path(f) for f in files]
+    new_articles = load_articles(seeds, pages=paths)  # validates every file before anything changes
+    names = {p.name for p in paths}
+    kept_articles = [a for a in index.articles.values() if a.source not in names]
+    kept_ids = {a.article_id for a in kept_articles}
+    rows = [i for i, c in enumerate(index.chunks) if c.article_id in kept_ids]
+    old_vectors = index.vectors()[rows] if rows else index.vectors()[:0]
+    new_chunks = chunk_articles(new_articles, settings)
+    encoder = get_encoder(settings)
+    new_vectors = encoder.encode_passages([c.embed_text for c in new_chunks])
+    import numpy as np
+
+    seeds_dir = Path(seeds)
+    seeds_dir.mkdir(parents=True, exist_ok=True)
+    for p in paths:
+        target = seeds_dir / p.name
+        if not target.exists() or target.resolve() != p.resolve():
+            shutil.copyfile(p, target)
+    hashes = dict(index.manifest.get("seeds", {}))
+    hashes.update(seed_hashes([seeds_dir / p.name for p in paths]))
+    articles = kept_articles + new_articles
+    chunks = [index.chunks[i] for i in rows] + new_chunks
+    write_index(index_dir, articles=articles, chunks=chunks, vectors=np.vstack([old_vectors, new_vectors]),
+                settings=settings, model_name=index.model, seeds=hashes, terms=_terms(articles))
+    _engines.clear()
+    return {"added_pages": sorted(names), "new_chunks": len(new_chunks), "reused_chunks": len(rows),
+            "articles": len(articles), "chunks": len(chunks)}
+
+
+def index_status(seeds: str | Path = "seeds", index_dir: str | Path = "index",
+                 settings: Settings | None = None) -> str:
+    """'missing', 'stale' (pages, model or format changed) or 'fresh'."""
+    try:
+        index = load_index(index_dir, model=(settings or Settings()).model)
+    except IndexNotFound:
+        return "missing"
+    except IndexFormat:
+        return "stale"
+    return "stale" if stale_pages(index.manifest, list_pages(seeds)) else "fresh"
+
+
+@dataclass
+class Engine:
+    """A loaded index and its encoder: what the CLI, the UI and the API ask questions of."""
+
+    index: Index
+    settings: Settings
+
+    @property
+    def encoder(self):
+        from .embed import get_encoder
+
+        enc = get_encoder(self.settings)
+        if enc.dimension != self.index.dimension:
+            raise IndexFormat(f"index at {self.index.path} holds {self.index.dimension}-dimensional vectors but the "
+                              f"model {self.settings.model!r} makes {enc.dimension}; rebuild with `rag index`")
+        return enc
+
+    def search(self, query: str, *, k: int | None = None, retriever: str | None = None) -> list[Hit]:
+        """Hybrid (or BM25 / dense) search of the index."""
+        mode = retriever or self.settings.retriever
+        vector = None
+        if mode != "bm25":
+            from .retrieve import check_query
+
+            vector = self.encoder.encode_queries([check_query(query, self.settings)])[0]
+        return _search(self.index, query, k=k or self.settings.top_k, settings=self.settings,
+                       query_vector=vector, retriever=mode)
+
+
+_engines: dict[tuple, Engine] = {}
+_engines_lock = threading.Lock()
+
+
+def get_engine(index_dir: str | Path = "index", *, seeds: str | Path | None = None,
+               settings: Settings | None = None, **overrides) -> Engine:
+    """Load an index (once per process) and pair it with its encoder.
+
+    Settings come from the index manifest; ``overrides`` (retriever, top_k, ...) change the query-time
+    ones. With ``seeds`` given, a stale index is refused with a message saying to rebuild.
+    """
+    key = (str(Path(index_dir).resolve()), tuple(sorted(overrides.items())),
+           settings.model if settings else None)
+    with _engines_lock:
+        engine = _engines.get(key)
+        if engine is None:
+            index = load_index(index_dir, model=settings.model if settings else None)
+            merged = index.settings.replace(**overrides) if overrides else index.settings
+            if settings and settings.cache_dir:
+                merged = merged.replace(cache_dir=settings.cache_dir)
+            engine = Engine(index, merged)
+            _engines[key] = engine
+    if seeds is not None:
+        check_fresh(engine.index, list_pages(seeds))
+    return engine

@@ -1,0 +1,238 @@
+"""Build, save and load the index folder: manifest, articles, chunks, FAISS vectors, BM25, terms.
+
+Everything is plain files (JSON, JSON lines, FAISS's own format, bm25s's numpy arrays); a build is
+written into a temporary sibling folder and renamed into place, so a crash or Ctrl-C never leaves
+a broken index where a good one was.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .config import Settings
+from .errors import BadInput, IndexFormat, IndexNotFound, IndexStale
+from .types import Article, Chunk, article_from_dict, chunk_from_dict, to_dict
+from .zh import add_user_words, tokenize
+
+__all__ = ["FORMAT_VERSION", "Index", "write_index", "load_index", "seed_hashes", "stale_pages", "library_versions"]
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+_SHAPING = ("chunk_sentences", "chunk_overlap", "chunk_max_chars")
+
+
+@dataclass
+class Index:
+    """A loaded index: records plus the FAISS and BM25 search structures."""
+
+    path: Path
+    manifest: dict
+    settings: Settings
+    articles: dict[str, Article]
+    chunks: list[Chunk]
+    dense: object  # faiss.Index
+    bm25: object  # bm25s.BM25
+    terms: list[str] = field(default_factory=list)
+
+    @property
+    def model(self) -> str:
+        return self.manifest["model"]["name"]
+
+    @property
+    def dimension(self) -> int:
+        return int(self.manifest["model"]["dimension"])
+
+    def vectors(self) -> np.ndarray:
+        """All chunk vectors, row i = chunk i (read back from FAISS)."""
+        n = self.dense.ntotal
+        return self.dense.reconstruct_n(0, n) if n else np.zeros((0, self.dimension), dtype=np.float32)
+
+
+def seed_hashes(pages: list[Path]) -> dict[str, str]:
+    """sha256 of every page file, by file name."""
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in pages}
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that shape an index, recorded in the manifest."""
+    from importlib import metadata
+
+    out = {}
+    for name in ("rag", "faiss-cpu", "bm25s", "jieba", "sentence-transformers", "torch", "transformers"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "unknown"
+    return out
+
+
+def _faiss_index(vectors: np.ndarray, settings: Settings) -> tuple[object, str]:
+    import faiss
+
+    dim = vectors.shape[1]
+    if len(vectors) > settings.exact_search_max:
+        index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = 80
+        index.hnsw.efSearch = 128
+        kind = "hnsw-flat-ip"
+    else:
+        index = faiss.IndexFlatIP(dim)
+        kind = "flat-ip"
+    if len(vectors):
+        index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+    return index, kind
+
+
+def _bm25(chunks: list[Chunk]):
+    import bm25s
+
+    retriever = bm25s.BM25(k1=1.2, b=0.75)
+    corpus = [tokenize(c.embed_text) or [""] for c in chunks]
+    retriever.index(corpus, show_progress=False)
+    return retriever
+
+
+def _write_jsonl(path: Path, records) -> None:
+    with path.open("w", encoding="utf-8") as out:
+        for r in records:
+            out.write(json.dumps(to_dict(r), ensure_ascii=False) + "\n")
+
+
+def write_index(out_dir: str | Path, *, articles: list[Article], chunks: list[Chunk], vectors: np.ndarray,
+                settings: Settings, model_name: str, seeds: dict[str, str], terms: list[str]) -> Path:
+    """Write a complete index folder atomically (temporary sibling, then rename)."""
+    import faiss
+
+    out_dir = Path(out_dir)
+    if len(chunks) != len(vectors):
+        raise ValueError(f"{len(chunks)} chunks but {len(vectors)} vectors")
+    add_user_words(terms)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        _write_jsonl(tmp / "articles.jsonl", articles)
+        _write_jsonl(tmp / "chunks.jsonl", chunks)
+        dense, kind = _faiss_index(vectors, settings)
+        faiss.write_index(dense, str(tmp / "dense.faiss"))
+        _bm25(chunks).save(str(tmp / "bm25"))
+        (tmp / "terms.txt").write_text("\n".join(sorted(set(terms))) + "\n", encoding="utf-8")
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "versions": library_versions(),
+            "settings": settings.to_dict(),
+            "model": {"name": model_name, "dimension": int(vectors.shape[1]) if vectors.ndim == 2 else 0},
+            "dense_index": kind,
+            "counts": {"pages": len(seeds), "articles": len(articles), "chunks": len(chunks)},
+            "seeds": seeds,
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, indent=2), encoding="utf-8")
+        for extra in ("README.md",):  # keep the folder's own note (it is tracked in git)
+            if (out_dir / extra).is_file():
+                shutil.copy2(out_dir / extra, tmp / extra)
+        _swap_into_place(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _swap_into_place(tmp: Path, out_dir: Path) -> None:
+    os.chmod(tmp, 0o755)
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        out_dir.rename(old)
+        try:
+            tmp.rename(out_dir)
+        except BaseException:
+            old.rename(out_dir)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out_dir)
+
+
+def _read_jsonl(path: Path, make) -> list:
+    out = []
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if line.strip():
+                try:
+                    out.append(make(json.loads(line)))
+                except (ValueError, TypeError, KeyError) as exc:
+                    raise IndexFormat(f"{path} line {n} is corrupt ({exc}); rebuild the index with `rag index`") from None
+    return out
+
+
+def load_index(path: str | Path, *, model: str | None = None) -> Index:
+    """Load an index folder and check it is whole and of this format (and, if given, this model).
+
+    Raises:
+        IndexNotFound: no folder or no manifest.
+        IndexFormat: another format version or model, or corrupt or inconsistent files.
+    """
+    import bm25s
+    import faiss
+
+    path = Path(path)
+    manifest_path = path / MANIFEST
+    if not path.is_dir() or not manifest_path.is_file():
+        raise IndexNotFound(f"no index at {path} (missing {MANIFEST}); build it with `rag index --index {path}`")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        version = manifest["format_version"]
+        settings = Settings.from_dict(manifest["settings"])
+        built_model = manifest["model"]["name"]
+        dim = int(manifest["model"]["dimension"])
+    except (ValueError, KeyError, TypeError, BadInput) as exc:
+        raise IndexFormat(f"{manifest_path} is corrupt ({type(exc).__name__}: {exc}); rebuild with `rag index`") from None
+    if version != FORMAT_VERSION:
+        raise IndexFormat(f"index at {path} has format version {version}, this rag reads version {FORMAT_VERSION}; "
+                          f"rebuild it with `rag index`")
+    if model is not None and model != built_model:
+        raise IndexFormat(f"index at {path} was built with model {built_model!r}, but {model!r} is configured; "
+                          f"rebuild it with `rag index --model {model}` or use the model it was built with")
+    try:
+        articles = _read_jsonl(path / "articles.jsonl", article_from_dict)
+        chunks = _read_jsonl(path / "chunks.jsonl", chunk_from_dict)
+        dense = faiss.read_index(str(path / "dense.faiss"))
+        bm25 = bm25s.BM25.load(str(path / "bm25"), load_corpus=False)
+        terms_file = path / "terms.txt"
+        terms = terms_file.read_text(encoding="utf-8").split() if terms_file.exists() else []
+    except (OSError, RuntimeError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise IndexFormat(f"index at {path} is damaged ({first}); rebuild it with `rag index`") from None
+    n = len(chunks)
+    if dense.ntotal != n or bm25.scores.get("num_docs") != n or dense.d != dim:
+        raise IndexFormat(f"index at {path} is inconsistent ({n} chunks, {dense.ntotal} vectors of dimension "
+                          f"{dense.d}, {bm25.scores.get('num_docs')} BM25 documents); rebuild it with `rag index`")
+    by_id = {a.article_id: a for a in articles}
+    if any(c.article_id not in by_id for c in chunks):
+        raise IndexFormat(f"index at {path} has chunks of unknown articles; rebuild it with `rag index`")
+    add_user_words(terms)
+    return Index(path, manifest, settings, by_id, chunks, dense, bm25, terms)
+
+
+def stale_pages(index_manifest: dict, pages: list[Path]) -> list[str]:
+    """Names of pages added, removed or changed since the index was built (empty: fresh)."""
+    built = index_manifest.get("seeds", {})
+    now = seed_hashes(pages)
+    changed = [n for n in now if built.get(n) != now[n]]
+    removed = [n for n in built if n not in now]
+    return sorted(changed + removed)
+
+
+def check_fresh(index: Index, pages: list[Path]) -> None:
+    """Raise IndexStale when the seed pages differ from those the index was built from."""
+    stale = stale_pages(index.manifest, pages)
+    if stale:
+        raise IndexStale(f"index at {index.path} is stale: {len(stale)} page(s) changed since it was built "
+                         f"({', '.join(stale[:3])}{'…' if len(stale) > 3 else ''}); rebuild it with `rag index`")
