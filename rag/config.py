@@ -42,6 +42,7 @@ class Settings:
     rrf_k: int = 60
     bm25_weight: float = 1.0
     dense_weight: float = 1.0
+    rerank: bool = True  # re-order the fused candidates by their best-matching sentence
     exact_search_max: int = 50_000  # above this many chunks an HNSW index is built
     # answering
     max_answer_sentences: int = 3

@@ -6,10 +6,11 @@ import numpy as np
 from .config import Settings
 from .errors import BadInput
 from .index import Index
+from .query import analyze_question, fact_match, sentence_coverage
 from .types import Hit
-from .zh import is_han, tokenize
+from .zh import is_han, split_sentences, tokenize
 
-__all__ = ["check_query", "dense_ranking", "bm25_ranking", "fuse_ranks", "search", "MAX_K"]
+__all__ = ["check_query", "dense_ranking", "bm25_ranking", "fuse_ranks", "rerank", "term_idf", "search", "MAX_K"]
 
 MAX_K = 100
 
@@ -70,13 +71,55 @@ def fuse_ranks(rankings: list[list[tuple[int, float]]], weights: list[float], k:
     return sorted(fused.items(), key=lambda x: (-x[1], x[0]))
 
 
+_idf_cache: dict[int, dict[str, float]] = {}
+
+
+def term_idf(index: Index) -> dict[str, float]:
+    """BM25-style IDF of every indexed token (from the BM25 index's document frequencies)."""
+    key = id(index.bm25)
+    if key not in _idf_cache:
+        indptr = np.asarray(index.bm25.scores["indptr"])
+        df = np.diff(indptr)
+        n = max(1, len(index.chunks))
+        idf = np.log(1 + (n - df + 0.5) / (df + 0.5))
+        _idf_cache.clear()
+        _idf_cache[key] = {t: float(idf[i]) for t, i in index.bm25.vocab_dict.items() if i < len(idf)}
+    return _idf_cache[key]
+
+
+def rerank(index: Index, query: str, ranked: list[tuple[int, float]], depth: int = 30) -> list[tuple[int, float]]:
+    """Re-order the best fused candidates by how well their single best sentence answers the question:
+    its share of the question's key terms (IDF-weighted, the title counting half) and whether it holds
+    the kind of fact asked for (a rank, a date, a count in the asked-for unit, a list)."""
+    if not ranked:
+        return ranked
+    info = analyze_question(query)
+    idf = term_idf(index)
+    top = ranked[:depth]
+    best_fused = top[0][1] or 1.0
+    rescored = []
+    for row, fused in top:
+        chunk = index.chunks[row]
+        title = index.articles[chunk.article_id].title
+        best = 0.0
+        for s, e in split_sentences(chunk.text):
+            sent = chunk.text[s:e]
+            cov = sentence_coverage(info, sent, idf, title)
+            best = max(best, cov * (1 + 0.5 * fact_match(info, sent)))
+        whole = sentence_coverage(info, chunk.text, idf, title)
+        rescored.append((row, fused / best_fused + best + 0.5 * whole))
+    rescored.sort(key=lambda x: (-x[1], x[0]))
+    return rescored + ranked[depth:]
+
+
 def _dedupe(index: Index, ranked: list[tuple[int, float]], k: int) -> list[tuple[int, float]]:
-    """Drop a chunk that overlaps a better-ranked chunk of the same article."""
+    """Drop a chunk that mostly repeats better-ranked chunks of the same article."""
     kept: list[tuple[int, float]] = []
     for row, score in ranked:
         c = index.chunks[row]
-        if any(index.chunks[r].article_id == c.article_id and index.chunks[r].start < c.end
-               and c.start < index.chunks[r].end for r, _ in kept):
+        covered = sum(max(0, min(c.end, index.chunks[r].end) - max(c.start, index.chunks[r].start))
+                      for r, _ in kept if index.chunks[r].article_id == c.article_id)
+        if covered * 2 > c.end - c.start:  # mostly repeats a better hit
             continue
         kept.append((row, score))
         if len(kept) == k:
@@ -110,6 +153,8 @@ def search(index: Index, query: str, *, k: int = 5, settings: Settings | None = 
         ranked = rankings[0]
     else:
         ranked = fuse_ranks(rankings, weights, settings.rrf_k)
+    if settings.rerank:
+        ranked = rerank(index, q, ranked)
     hits = []
     for rank, (row, score) in enumerate(_dedupe(index, ranked, k), start=1):
         chunk = index.chunks[row]

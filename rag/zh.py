@@ -10,7 +10,7 @@ from typing import Iterable
 
 __all__ = [
     "is_han", "is_cjk_punct", "TERMINAL", "ends_sentence", "split_sentences", "fold_width",
-    "tokenize", "add_user_words", "extract_terms", "numbers_in", "STOPWORDS",
+    "tokenize", "words", "add_user_words", "extract_terms", "numbers_in", "STOPWORDS",
 ]
 
 _HAN_RANGES = ((0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF), (0x20000, 0x2FA1F))
@@ -128,6 +128,24 @@ _TERM_RE = re.compile(r"[“《「『]([\u4e00-\u9fff\dA-Za-z]{2,12})[”》」�
 def extract_terms(text: str) -> set[str]:
     """Quoted names and titles in a text (“五经普”, 《指标管理办法》): candidates for the user dictionary."""
     return {m.group(1) for m in _TERM_RE.finditer(text)}
+
+
+def words(text: str) -> list[str]:
+    """Content words in jieba's precise mode (no overlapping parts), numbers whole, stopwords dropped."""
+    jb = _jieba()
+    text = unicodedata.normalize("NFKC", fold_width(text))
+    out: list[str] = []
+    for i, part in enumerate(_TOKEN_SPLIT_RE.split(text)):
+        if not part:
+            continue
+        if i % 2 == 1:
+            out.append(part.lower())
+            continue
+        for w in jb.lcut(part):
+            w = w.strip()
+            if w and w not in STOPWORDS and any(is_han(c) or c.isalnum() for c in w):
+                out.append(w.lower())
+    return out
 
 
 def tokenize(text: str) -> list[str]:
