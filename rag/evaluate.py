@@ -111,7 +111,9 @@ def evaluate_answers(engine, items: list[QAItem], *, ask, mode: str = "extractiv
             if key in ans.mode:
                 extra[key] = extra.get(key, 0) + 1
         if item.answerable:
-            ok = not ans.refused and all(_norm(f) in _norm(ans.answer) for f in item.facts)
+            # a fact may list alternatives separated by "|" (any one of them counts)
+            ok = not ans.refused and all(any(_norm(alt) in _norm(ans.answer) for alt in f.split("|"))
+                                         for f in item.facts)
             correct += ok
             false_ref += ans.refused
             if not ok:

@@ -8,14 +8,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from dataclasses import replace
+
+from .answer import compose_answer
 from .chunk import chunk_articles
-from .config import Settings
+from .config import INDEX_SETTINGS, Settings
 from .errors import BadInput, IndexFormat, IndexNotFound
 from .index import Index, check_fresh, load_index, seed_hashes, stale_pages, write_index
 from .ingest import list_pages, read_page
+from .query import resolve_followup
+from .retrieve import check_query
 from .retrieve import search as _search
 from .segment import segment_page
-from .types import Article, Hit
+from .types import Answer, Article, Hit
 from .zh import extract_terms
 
 __all__ = ["load_articles", "build_index", "add_pages", "index_status", "Engine", "get_engine"]
@@ -150,11 +155,31 @@ class Engine:
         mode = retriever or self.settings.retriever
         vector = None
         if mode != "bm25":
-            from .retrieve import check_query
-
             vector = self.encoder.encode_queries([check_query(query, self.settings)])[0]
         return _search(self.index, query, k=k or self.settings.top_k, settings=self.settings,
                        query_vector=vector, retriever=mode)
+
+    def ask(self, question: str, *, history: list[str] | None = None, k: int | None = None,
+            retriever: str | None = None) -> Answer:
+        """Answer a question from the index, with verbatim citations, or refuse.
+
+        ``history`` holds the earlier questions of the conversation, oldest first; a follow-up
+        ("那西宁呢？") is resolved against them before retrieval.
+
+        >>> get_engine("index").ask("格尔木的开发区在全国排第几？").answer  # doctest: +SKIP
+        '格尔木昆仑经济技术开发区在全国230家国家级经济技术开发区中位列128位，较上年度考核排名跃升85位。[1]'
+        """
+        t0 = time.perf_counter()
+        q = check_query(question, self.settings)
+        resolved = resolve_followup(q, [h for h in (history or []) if isinstance(h, str)])
+        hits = self.search(resolved, k=k, retriever=retriever)
+        t1 = time.perf_counter()
+        answer = compose_answer(self.index, q, hits, self.settings, retrieval_query=resolved)
+        t2 = time.perf_counter()
+        timings = {"retrieve_ms": round((t1 - t0) * 1000, 1), "answer_ms": round((t2 - t1) * 1000, 1),
+                   "total_ms": round((t2 - t0) * 1000, 1)}
+        extra = {"resolved_question": resolved} if resolved != q else {}
+        return replace(answer, timings_ms=timings, **extra)
 
 
 _engines: dict[tuple, Engine] = {}
@@ -174,9 +199,9 @@ def get_engine(index_dir: str | Path = "index", *, seeds: str | Path | None = No
         engine = _engines.get(key)
         if engine is None:
             index = load_index(index_dir, model=settings.model if settings else None)
-            merged = index.settings.replace(**overrides) if overrides else index.settings
-            if settings and settings.cache_dir:
-                merged = merged.replace(cache_dir=settings.cache_dir)
+            # what shaped the index comes from its manifest; query-time settings are today's
+            base = settings or Settings()
+            merged = base.replace(**{name: getattr(index.settings, name) for name in INDEX_SETTINGS}, **overrides)
             engine = Engine(index, merged)
             _engines[key] = engine
     if seeds is not None:

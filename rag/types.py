@@ -100,6 +100,7 @@ class Answer:
     citations: tuple[Citation, ...] = ()
     related: tuple[dict, ...] = ()
     mode: str = "extractive"
+    resolved_question: str | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 

@@ -89,7 +89,7 @@ STOPWORDS = frozenset("""
 的 了 和 与 及 以及 或 或者 是 在 有 对 为 把 被 将 也 都 而 并 就 这 那 这个 那个 之 其 中 上 下 等 等等
 我 你 他 她 它 我们 你们 他们 吗 呢 吧 啊 呀 么 什么 怎么 怎样 怎么样 如何 哪些 哪个 哪 哪里 多少 几 是否
 有没有 有无 请问 一下 一些 一个 已经 还 又 要 会 能 可以 通过 进行 关于 根据 由 从 到 向 给 让 使 得 地 着 过
-所 以 于 该 各 每 啥 谁 为什么 为何 吗 么 呢 么样 情况 方面 问 请 告诉 知道 想 介绍
+所 以 于 该 各 每 啥 谁 来说 而言 对于 一共 总共 共 了吗 吗？ 为什么 为何 吗 么 呢 么样 情况 方面 问 请 告诉 知道 想 介绍
 """.split())
 
 _TOKEN_SPLIT_RE = re.compile(r"(\d+(?:\.\d+)?%?|[A-Za-z][A-Za-z0-9\-]*)")
@@ -141,7 +141,7 @@ def words(text: str) -> list[str]:
         if i % 2 == 1:
             out.append(part.lower())
             continue
-        for w in jb.lcut(part):
+        for w in jb.lcut(part, HMM=False):
             w = w.strip()
             if w and w not in STOPWORDS and any(is_han(c) or c.isalnum() for c in w):
                 out.append(w.lower())
