@@ -52,7 +52,9 @@ def _coverage(info: QuestionInfo, text: str, context: str, idf: dict[str, float]
     for t in info.terms:
         w = idf.get(t, unknown_idf) * (0.3 if t in SOFT_TERMS else 1.0)
         if corpus and t not in corpus and t not in SOFT_TERMS:
-            w *= 1.5
+            # a Latin word the Chinese sources never use (an English question) says little;
+            # a Chinese word they never use is a concept they do not cover
+            w *= 0.3 if t.isascii() else 1.5
         total += w
         if t in s:
             got += w

@@ -3,23 +3,36 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
+from pathlib import Path
 from typing import Sequence
 
-from .errors import RagError
+from .errors import BadInput, RagError
 
-__all__ = ["main"]
+__all__ = ["main", "build_parser"]
 
 
 def _print_json(obj) -> None:
     sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def _settings(args: argparse.Namespace):
+    from .config import Settings
+
+    kw = {}
+    if getattr(args, "model", None):
+        kw["model"] = args.model
+    if getattr(args, "cache", None):
+        kw["cache_dir"] = args.cache
+    return Settings(**kw)
 
 
 def _cmd_articles(args: argparse.Namespace) -> int:
     from . import pipeline
 
-    articles = pipeline.load_articles(args.seeds)
-    for a in articles:
+    for a in pipeline.load_articles(args.seeds):
         if args.json:
             _print_json({"article_id": a.article_id, "title": a.title, "subtitle": a.subtitle,
                          "byline": a.byline, "source": a.source, "kind": a.kind,
@@ -35,15 +48,206 @@ def _cmd_articles(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_index(args: argparse.Namespace) -> int:
+    from . import pipeline
+
+    settings = _settings(args)
+    if args.add:
+        summary = pipeline.add_pages(args.add, args.index, seeds=args.seeds, settings=settings)
+        print(f"added {', '.join(summary['added_pages'])}: {summary['new_chunks']} new chunks embedded, "
+              f"{summary['reused_chunks']} kept; index now holds {summary['articles']} articles, "
+              f"{summary['chunks']} chunks", file=sys.stderr)
+        return 0
+    if args.if_stale:
+        status = pipeline.index_status(args.seeds, args.index, settings)
+        if status == "fresh":
+            print(f"index at {args.index} is up to date", file=sys.stderr)
+            return 0
+        print(f"index at {args.index} is {status}; building it", file=sys.stderr)
+    summary = pipeline.build_index(args.seeds, args.index, settings=settings)
+    print(f"indexed {summary['pages']} pages: {summary['articles']} articles, {summary['chunks']} chunks "
+          f"in {summary['seconds']} s -> {summary['index']}", file=sys.stderr)
+    return 0
+
+
+def _queries(arg: str | None):
+    """The one query given, or one per line from stdin (blank lines skipped)."""
+    if arg is not None:
+        yield arg, False
+        return
+    if sys.stdin is None or sys.stdin.isatty():
+        raise BadInput("give a query, or pipe one query per line on standard input")
+    for line in sys.stdin:
+        if line.strip():
+            yield line.rstrip("\n"), True
+
+
+def _hit_json(h) -> dict:
+    return {"rank": h.rank, "score": h.score, "chunk_id": h.chunk.chunk_id, "article_id": h.chunk.article_id,
+            "title": h.title, "source": h.source, "text": h.chunk.text}
+
+
+def _engine(args: argparse.Namespace, **overrides):
+    from .pipeline import get_engine
+
+    if getattr(args, "no_rerank", False):
+        overrides["rerank"] = False
+    return get_engine(args.index, settings=_settings(args), **overrides)
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    engine = _engine(args)
+    failed = 0
+    for query, batch in _queries(args.query):
+        try:
+            hits = engine.search(query, k=args.k, retriever=args.retriever)
+        except BadInput as exc:
+            if not batch:
+                raise
+            failed += 1
+            _print_json({"query": query, "error": str(exc), "hits": []})
+            continue
+        if args.json or batch:
+            _print_json({"query": query, "hits": [_hit_json(h) for h in hits]})
+        else:
+            for h in hits:
+                print(f"[{h.rank}] {h.score:.4f}  {h.title}  ({h.source})")
+                print("    " + h.chunk.text.replace("\n", " ")[:160])
+    return 0
+
+
+def _answer_json(ans) -> dict:
+    from .types import to_dict
+
+    d = {"question": ans.question, "answer": ans.answer, "refused": ans.refused,
+         "citations": [{k: v for k, v in to_dict(c).items()} for c in ans.citations],
+         "related": list(ans.related), "mode": ans.mode, "timings_ms": ans.timings_ms}
+    if ans.resolved_question:
+        d["resolved_question"] = ans.resolved_question
+    return d
+
+
+def _cmd_ask(args: argparse.Namespace) -> int:
+    engine = _engine(args)
+    history: list[str] = []
+    for question, batch in _queries(args.question):
+        try:
+            ans = engine.ask(question, k=args.k, retriever=args.retriever,
+                             history=history if args.follow else None)
+        except BadInput as exc:
+            if not batch:
+                raise
+            _print_json({"question": question, "error": str(exc), "answer": "", "refused": True, "citations": []})
+            continue
+        history.append(question)
+        if args.json or batch:
+            _print_json(_answer_json(ans))
+        else:
+            print(ans.answer)
+            if ans.citations:
+                print("\n来源：")
+                for c in ans.citations:
+                    print(f"[{c.n}] 《{c.title}》 {c.source} 第{c.line}行")
+                    print(f"    “{c.excerpt}”")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_answers, evaluate_retrieval, format_table, load_qa
+
+    items = load_qa(args.qa)
+    retrievers = ["bm25", "dense", "hybrid"] if args.retriever == "all" else [args.retriever]
+    rows = []
+    engine = None
+    for r in retrievers:
+        engine = _engine(args, retriever=r)
+        rows.append(evaluate_retrieval(engine, items, retriever=r, k=5))
+    report: dict = {"questions": len(items), "retrieval": rows}
+    if not args.no_answers and engine is not None:
+        report["answers"] = evaluate_answers(engine, items, ask=engine.ask)
+    if args.json:
+        _print_json(report)
+        return 0
+    print(f"{len(items)} questions ({sum(1 for i in items if i.answerable)} answerable) from {args.qa}\n")
+    print(format_table(rows, ["retriever", "questions", "recall@1", "recall@5", "mrr", "median_ms"]))
+    for row in rows:
+        for m in row["misses"]:
+            print(f"  {row['retriever']}: {m['id']} gold at rank {m['rank']}: {m['question']}")
+    if "answers" in report:
+        a = report["answers"]
+        print()
+        print(format_table([a], ["mode", "answer_accuracy", "refusal_accuracy", "false_refusal_rate",
+                                 "citations_verbatim", "median_answer_ms"]))
+        for f in a["failures"]:
+            print(f"  {f['id']} {'refused' if f['refused'] else 'answered'}: {f['question']} -> {f['answer'][:60]}")
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .ui import serve
+
+    serve(index_dir=args.index, seeds=args.seeds, host=args.host, port=args.port, settings=_settings(args))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="rag", description="本地政策新闻问答：从报纸版面重建文章，检索并带引用地回答问题。")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p, seeds=False, model=False):
+        p.add_argument("--index", default="index", help="index folder (default: index)")
+        if seeds:
+            p.add_argument("--seeds", default="seeds", help="folder of page files (default: seeds)")
+        p.add_argument("--model", default=None, help="encoder: a sentence-transformers name or folder "
+                                                     "(default: the bundled multilingual-e5-small)")
+        p.add_argument("--cache", default=None, help="model cache folder (default: $RAG_CACHE or ~/.cache/rag)")
 
     p = sub.add_parser("articles", help="list the articles rebuilt from the seed pages")
     p.add_argument("--seeds", default="seeds", help="folder of page files (default: seeds)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=_cmd_articles)
+
+    p = sub.add_parser("index", help="build the index from the seed pages (or add pages to it)")
+    common(p, seeds=True)
+    p.add_argument("--add", nargs="+", metavar="FILE", help="add or replace these pages without re-embedding the rest")
+    p.add_argument("--if-stale", action="store_true", help="build only if the index is missing or stale")
+    p.set_defaults(func=_cmd_index)
+
+    retr = dict(choices=["hybrid", "bm25", "dense"], default=None, help="retriever (default: hybrid)")
+    p = sub.add_parser("search", help="find passages; without QUERY, one query per line from stdin")
+    p.add_argument("query", nargs="?")
+    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--retriever", **retr)
+    p.add_argument("--no-rerank", action="store_true", help="plain fused ranking, no sentence-level rerank")
+    common(p)
+    p.set_defaults(func=_cmd_search)
+
+    p = sub.add_parser("ask", help="answer a question with citations; without QUESTION, one per line from stdin")
+    p.add_argument("question", nargs="?")
+    p.add_argument("--k", type=int, default=None, help="passages to answer from (default 5)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--retriever", **retr)
+    p.add_argument("--follow", action="store_true", help="in batch mode, treat the lines as one conversation")
+    common(p)
+    p.set_defaults(func=_cmd_ask)
+
+    p = sub.add_parser("eval", help="Recall@1/5, MRR and answer accuracy on a question set")
+    p.add_argument("--qa", default="tests/data/qa.jsonl")
+    p.add_argument("--retriever", choices=["hybrid", "bm25", "dense", "all"], default="hybrid")
+    p.add_argument("--no-rerank", action="store_true")
+    p.add_argument("--no-answers", action="store_true", help="retrieval figures only")
+    p.add_argument("--json", action="store_true")
+    common(p)
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("serve", help="serve the web chat (Gradio) and its API")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=7860)
+    common(p, seeds=True)
+    p.set_defaults(func=_cmd_serve)
     return parser
 
 
@@ -51,6 +255,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rag`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="rag: %(message)s")
+    logging.getLogger("rag").setLevel(logging.WARNING if args.quiet else logging.INFO)
+    if hasattr(args, "k") and args.k is not None and not 1 <= args.k <= 100:
+        print(f"rag: error: --k must be between 1 and 100, got {args.k}", file=sys.stderr)
+        return 2
     try:
         return args.func(args)
     except RagError as exc:

@@ -156,7 +156,7 @@ class Engine:
         vector = None
         if mode != "bm25":
             vector = self.encoder.encode_queries([check_query(query, self.settings)])[0]
-        return _search(self.index, query, k=k or self.settings.top_k, settings=self.settings,
+        return _search(self.index, query, k=self.settings.top_k if k is None else k, settings=self.settings,
                        query_vector=vector, retriever=mode)
 
     def ask(self, question: str, *, history: list[str] | None = None, k: int | None = None,

@@ -28,3 +28,46 @@ def articles():
 def artifacts_dir() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+@pytest.fixture(scope="session")
+def encoder():
+    """The real bundled encoder, loaded once for the session."""
+    from rag.embed import get_encoder
+
+    return get_encoder()
+
+
+@pytest.fixture(scope="session")
+def index_dir(tmp_path_factory, encoder) -> Path:
+    """An index of the real seed pages, built once for the session."""
+    from rag.pipeline import build_index
+
+    path = tmp_path_factory.mktemp("idx") / "index"
+    build_index(SEEDS, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def engine(index_dir):
+    from rag.pipeline import get_engine
+
+    return get_engine(index_dir)
+
+
+@pytest.fixture(scope="session")
+def qa_items():
+    from rag.evaluate import load_qa
+
+    return load_qa(DATA / "qa.jsonl")
+
+
+def run_cli(*args, stdin: str | None = None, env: dict | None = None, cwd: Path | None = None):
+    """Run ``python -m rag`` as a user would; returns the CompletedProcess."""
+    import subprocess
+    import sys
+
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "rag", *args], input=stdin, capture_output=True, text=True,
+                          env=full_env, cwd=cwd or ROOT, timeout=600)

@@ -1,0 +1,156 @@
+"""The index folder: plain files, checked on load, atomic writes, incremental pages; FAISS and BM25
+checked against straightforward references."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from rag.errors import IndexFormat, IndexNotFound, IndexStale
+from rag.index import FORMAT_VERSION, check_fresh, load_index
+from rag.ingest import list_pages
+from rag.pipeline import add_pages, build_index, get_engine, index_status
+from rag.zh import tokenize
+
+from .conftest import DATA, SEEDS
+
+
+def test_index_folder_holds_plain_files_with_a_manifest(index_dir):
+    names = {p.name for p in index_dir.iterdir()}
+    assert {"manifest.json", "articles.jsonl", "chunks.jsonl", "dense.faiss", "bm25", "terms.txt"} <= names
+    m = json.loads((index_dir / "manifest.json").read_text(encoding="utf-8"))
+    assert m["format_version"] == FORMAT_VERSION
+    assert m["model"] == {"name": "bundled:multilingual-e5-small", "dimension": 384}
+    assert m["dense_index"] == "flat-ip"
+    assert set(m["seeds"]) == {p.name for p in SEEDS.glob("*.txt")}
+    assert {"faiss-cpu", "bm25s", "jieba", "sentence-transformers"} <= set(m["versions"])
+    chunks = (index_dir / "chunks.jsonl").read_text(encoding="utf-8").splitlines()
+    assert m["counts"]["chunks"] == len(chunks)
+    assert not list(index_dir.parent.glob(".index.tmp-*"))
+
+
+def test_rows_line_up_and_faiss_matches_brute_force(engine, encoder):
+    idx = engine.index
+    vectors = idx.vectors()
+    assert vectors.shape == (len(idx.chunks), 384)
+    # row i is the embedding of chunk i
+    again = encoder.encode_passages([idx.chunks[i].embed_text for i in (0, 7, len(idx.chunks) - 1)])
+    assert np.allclose(again, vectors[[0, 7, len(idx.chunks) - 1]], atol=1e-4)
+    q = encoder.encode_queries(["海西州给人才提供住房吗？"])
+    scores, rows = idx.dense.search(q, 10)
+    brute = np.argsort(-(vectors @ q[0]))[:10]
+    assert list(rows[0]) == list(brute)
+    assert np.allclose(scores[0], (vectors @ q[0])[brute], atol=1e-5)
+
+
+def test_bm25_matches_a_straightforward_reference(engine):
+    idx = engine.index
+    docs = [tokenize(c.embed_text) for c in idx.chunks]
+    n = len(docs)
+    avgdl = sum(len(d) for d in docs) / n
+    df = Counter(t for d in docs for t in set(d))
+    k1, b = 1.2, 0.75
+    query = "格尔木昆仑经济技术开发区 排名 跃升"
+    qtok = [t for t in tokenize(query) if t in idx.bm25.vocab_dict]
+
+    def ref(doc):
+        tf = Counter(doc)
+        s = 0.0
+        for t in qtok:
+            idf = math.log(1 + (n - df[t] + 0.5) / (df[t] + 0.5))
+            # Lucene's BM25 (bm25s's default): no (k1 + 1) factor in the numerator
+            s += idf * tf[t] / (tf[t] + k1 * (1 - b + b * len(doc) / avgdl))
+        return s
+
+    expected = np.array([ref(d) for d in docs])
+    got = idx.bm25.get_scores_from_ids([idx.bm25.vocab_dict[t] for t in qtok])
+    assert np.abs(got - expected).max() < 2e-3 * max(1.0, expected.max()), np.abs(got - expected).max()
+
+
+def test_local_names_stay_whole_and_numbers_searchable():
+    toks = tokenize("格尔木昆仑经济技术开发区在2023年五经普中柴达木英才计划发放146万元")
+    for t in ("格尔木", "格尔木昆仑经济技术开发区", "五经普", "柴达木英才", "2023", "146"):
+        assert t in toks, (t, toks)
+    assert "的" not in tokenize("海西州的人才")
+    assert "昆仑经济技术开发区" in tokenize("昆仑经济技术开发区全面贯彻新发展理念")
+
+
+def test_missing_and_corrupt_indexes_get_specific_errors(index_dir, tmp_path):
+    with pytest.raises(IndexNotFound, match="rag index"):
+        load_index(tmp_path / "nothing")
+    bad = tmp_path / "bad"
+    shutil.copytree(index_dir, bad)
+    (bad / "chunks.jsonl").write_text("{not json\n", encoding="utf-8")
+    with pytest.raises(IndexFormat, match="corrupt"):
+        load_index(bad)
+    shutil.rmtree(bad)
+    shutil.copytree(index_dir, bad)
+    (bad / "dense.faiss").write_bytes(b"garbage")
+    with pytest.raises(IndexFormat, match="damaged"):
+        load_index(bad)
+
+
+def test_other_model_or_format_is_refused_with_what_to_run(index_dir, tmp_path):
+    with pytest.raises(IndexFormat, match="rag index --model"):
+        load_index(index_dir, model="BAAI/bge-small-zh-v1.5")
+    old = tmp_path / "old"
+    shutil.copytree(index_dir, old)
+    m = json.loads((old / "manifest.json").read_text(encoding="utf-8"))
+    m["format_version"] = 0
+    (old / "manifest.json").write_text(json.dumps(m), encoding="utf-8")
+    with pytest.raises(IndexFormat, match="format version 0"):
+        load_index(old)
+
+
+def test_stale_index_is_detected(index_dir, tmp_path):
+    seeds = tmp_path / "seeds"
+    shutil.copytree(SEEDS, seeds)
+    idx = load_index(index_dir)
+    check_fresh(idx, list_pages(seeds))
+    (seeds / "000_083e7fa3461b093d.txt").write_text("本报讯（记者 张三）改动后的页面。\n", encoding="utf-8")
+    with pytest.raises(IndexStale, match="000_083e7fa3461b093d.txt"):
+        check_fresh(idx, list_pages(seeds))
+    assert index_status(seeds, index_dir) == "stale"
+    assert index_status(SEEDS, index_dir) == "fresh"
+    assert index_status(SEEDS, tmp_path / "none") == "missing"
+
+
+def test_a_crash_mid_build_leaves_the_old_index_intact(index_dir, tmp_path, monkeypatch):
+    target = tmp_path / "index"
+    shutil.copytree(index_dir, target)
+    before = (target / "manifest.json").read_text(encoding="utf-8")
+    import faiss
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(faiss, "write_index", boom)
+    with pytest.raises(KeyboardInterrupt):
+        build_index(SEEDS, target)
+    assert (target / "manifest.json").read_text(encoding="utf-8") == before
+    load_index(target)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".index.tmp")]
+
+
+def test_adding_a_page_reuses_old_vectors(index_dir, tmp_path, encoder):
+    target = tmp_path / "index"
+    seeds = tmp_path / "seeds"
+    shutil.copytree(index_dir, target)
+    shutil.copytree(SEEDS, seeds)
+    old = load_index(target)
+    old_vectors = {c.chunk_id: v for c, v in zip(old.chunks, old.vectors())}
+    page = DATA / "pages" / "bom_page.txt"
+    summary = add_pages([page], target, seeds=seeds)
+    assert summary["new_chunks"] >= 1 and summary["reused_chunks"] == len(old.chunks)
+    new = load_index(target)
+    for c, v in zip(new.chunks, new.vectors()):
+        if c.chunk_id in old_vectors:
+            assert np.array_equal(v, old_vectors[c.chunk_id])
+    assert (seeds / "bom_page.txt").exists()
+    assert index_status(seeds, target) == "fresh"
+    hits = get_engine(target).search("12路公交线路延伸到哪里？", k=3)
+    assert hits[0].source == "bom_page.txt"
