@@ -1,0 +1,257 @@
+"""Thin Gradio web chat over pipeline.ask(): cited answers, a sources panel, the article browser,
+and a named API endpoint ``ask``. No retrieval logic lives here."""
+from __future__ import annotations
+
+import html
+import logging
+import os
+import re
+import time
+from pathlib import Path
+
+from .config import Settings
+from .errors import RagError
+
+__all__ = ["build_app", "serve", "EXAMPLES"]
+
+log = logging.getLogger("rag")
+
+# Questions a resident might ask; those the index cannot answer are dropped at start-up.
+EXAMPLES = [
+    "格尔木的开发区在全国排第几？",
+    "电子劳动合同有什么好处？",
+    "海西州给人才提供住房吗？",
+    "西宁在动力电池产能城市中排第几？",
+    "青海五经普登记工作什么时候开始？",
+    "急需紧缺人才目录一共征集了多少人才需求？",
+]
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~>])")
+CSS = """
+#answer-sources .wrap { gap: 4px; }
+.rag-note { color: #666; font-size: 0.9em; }
+"""
+
+
+def _md_text(text: str) -> str:
+    """Show text as text in a Markdown component: HTML escaped, Markdown syntax neutralised."""
+    return _MD_SPECIAL.sub(r"\\\1", html.escape(text, quote=False)).replace("\n", "  \n")
+
+
+def _citation_label(c: dict) -> str:
+    return f"[{c['n']}] 《{c['title']}》 {c['source']} 第{c['line']}行"
+
+
+def _related_label(r: dict) -> str:
+    return f"《{r['title']}》 {r['source']}"
+
+
+class _Backend:
+    """Loads the engine lazily, so a missing index is a message in the chat, not a crash."""
+
+    def __init__(self, index_dir: str | Path, seeds: str | Path | None, settings: Settings | None):
+        self.index_dir, self.seeds, self.settings = Path(index_dir), seeds, settings
+
+    def engine(self, **overrides):
+        from .pipeline import get_engine
+
+        return get_engine(self.index_dir, settings=self.settings, **overrides)
+
+    def articles(self) -> list:
+        try:
+            return sorted(self.engine().index.articles.values(), key=lambda a: (a.source, a.article_id))
+        except RagError:
+            return []
+
+
+def build_app(index_dir: str | Path = "index", seeds: str | Path | None = "seeds",
+              settings: Settings | None = None):
+    """The Gradio Blocks app (not launched)."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    import gradio as gr
+
+    backend = _Backend(index_dir, seeds, settings)
+    all_articles = backend.articles()
+    examples = _usable_examples(backend)
+
+    def article_view(article_id: str | None, start: int | None = None, end: int | None = None, label: str = "引用"):
+        if not article_id:
+            return gr.update(value=[], label="文章"), ""
+        try:
+            art = backend.engine().index.articles[article_id]
+        except (RagError, KeyError):
+            return gr.update(value=[], label="文章"), "找不到这篇文章。"
+        if start is not None and end is not None and 0 <= start < end <= len(art.text):
+            parts = [(art.text[:start], None), (art.text[start:end], label), (art.text[end:], None)]
+        else:
+            parts = [(art.text, None)]
+        head = [f"《{art.title}》"]
+        if art.subtitle:
+            head.append(art.subtitle)
+        meta = " · ".join(x for x in (art.byline, art.source, "图片说明" if art.kind == "caption" else None,
+                                       "续上版" if art.continuation else None) if x)
+        return gr.update(value=[(t, lab) for t, lab in parts if t], label="　".join(head)), _md_text(meta)
+
+    def respond(question, messages, k, retriever, last, asked):
+        messages = list(messages or [])
+        question = (question or "").strip()
+        history = list(asked or [])  # the raw questions so far (the chat shows escaped text)
+        shown_q = question if question else "（空问题）"
+        messages.append({"role": "user", "content": _md_text(shown_q)})
+        try:
+            if not question:
+                raise RagError("请输入一个问题，例如：格尔木的开发区在全国排第几？")
+            ans = backend.engine().ask(question, history=history, k=int(k), retriever=retriever)
+        except RagError as exc:
+            messages.append({"role": "assistant", "content": "⚠️ " + _md_text(str(exc))})
+            yield messages, "", gr.update(choices=[], value=None), "", [], history
+            return
+        except Exception as exc:  # keep serving: say what happened, log the rest
+            log.exception("ask failed")
+            messages.append({"role": "assistant", "content": "⚠️ 出错了：" + _md_text(type(exc).__name__)})
+            yield messages, "", gr.update(choices=[], value=None), "", [], history
+            return
+        cites = [{"n": c.n, "article_id": c.article_id, "title": c.title, "source": c.source,
+                  "excerpt": c.excerpt, "start": c.start, "end": c.end, "line": c.line} for c in ans.citations]
+        if ans.refused:
+            refs = [dict(r, n=0, start=None, end=None) for r in ans.related]
+            choices = [(_related_label(r), i) for i, r in enumerate(refs)]
+            panel = "没有找到能回答这个问题的段落。可以打开下面这些相关文章看看："
+            items = refs
+        else:
+            choices = [(_citation_label(c), i) for i, c in enumerate(cites)]
+            panel = "\n\n".join(f"[{c['n']}] 《{c['title']}》（{c['source']} 第{c['line']}行）\n“{c['excerpt']}”"
+                                for c in cites)
+            items = cites
+        prefix = "🔍 " if ans.refused else ""
+        text = prefix + ans.answer
+        messages.append({"role": "assistant", "content": ""})
+        step = max(2, len(text) // 25)
+        for i in range(step, len(text) + step, step):  # stream the answer in
+            messages[-1] = {"role": "assistant", "content": _md_text(text[:i])}
+            yield messages, "", gr.update(), gr.update(), last, history
+            time.sleep(0.01)
+        yield messages, "", gr.update(choices=choices, value=None), panel, items, history + [question]
+
+    def open_source(choice, items):
+        if choice is None or not items or not 0 <= int(choice) < len(items):
+            return gr.update(), gr.update()
+        item = items[int(choice)]
+        label = "引用" if item.get("n") else None
+        return article_view(item["article_id"], item.get("start"), item.get("end"), label)
+
+    def list_articles(source):
+        arts = [a for a in backend.articles() if not source or a.source == source]
+        return gr.update(choices=[(f"{a.title}{'（图片说明）' if a.kind == 'caption' else ''}", a.article_id)
+                                  for a in arts], value=None)
+
+    def api_ask(question: str) -> dict:
+        """Answer a question: {"answer", "refused", "citations": [{n, article_id, title, source, excerpt, start, end, line}]}."""
+        try:
+            ans = backend.engine().ask(question if isinstance(question, str) else "")
+        except RagError as exc:
+            raise gr.Error(str(exc)) from None
+        return {"question": ans.question, "answer": ans.answer, "refused": ans.refused,
+                "citations": [{"n": c.n, "article_id": c.article_id, "title": c.title, "source": c.source,
+                               "excerpt": c.excerpt, "start": c.start, "end": c.end, "line": c.line}
+                              for c in ans.citations],
+                "related": list(ans.related)}
+
+    with gr.Blocks(title="本地政策新闻问答") as demo:
+        gr.Markdown("## 本地政策新闻问答\n<span class='rag-note'>回答只来自本地报纸；每句话都附有可核对的原文摘录。</span>")
+        items_state = gr.State([])
+        asked_state = gr.State([])
+        with gr.Tab("问答"):
+            with gr.Row():
+                with gr.Column(scale=3):
+                    chat = gr.Chatbot(label="对话", height=460, elem_id="chat", sanitize_html=True,
+                                      placeholder="问一个关于本地政策新闻的问题，例如：格尔木的开发区在全国排第几？")
+                    with gr.Row():
+                        box = gr.Textbox(placeholder="输入问题，按回车发送", show_label=False, scale=5,
+                                         max_lines=3, elem_id="question")
+                        send = gr.Button("提问", variant="primary", scale=1, elem_id="send")
+                    with gr.Row():
+                        clear = gr.Button("清空对话", elem_id="clear")
+                    if examples:
+                        gr.Examples(examples=[[e] for e in examples], inputs=[box], label="示例问题")
+                    with gr.Accordion("设置", open=False):
+                        k = gr.Slider(1, 10, value=5, step=1, label="检索段落数")
+                        retriever = gr.Radio([("混合（推荐）", "hybrid"), ("关键词 BM25", "bm25"), ("语义向量", "dense")],
+                                             value="hybrid", label="检索方式")
+                with gr.Column(scale=2):
+                    gr.Markdown("### 来源")
+                    sources = gr.Radio(choices=[], label="点击引用查看原文", elem_id="answer-sources")
+                    panel = gr.Textbox(label="引用摘录", lines=6, interactive=False, elem_id="excerpts")
+                    meta = gr.Markdown("", elem_id="article-meta")
+                    view = gr.HighlightedText(label="文章", combine_adjacent=True, show_legend=False,
+                                              elem_id="article-view", color_map={"引用": "yellow"})
+        with gr.Tab("文章浏览"):
+            pages = sorted({a.source for a in all_articles})
+            with gr.Row():
+                page = gr.Dropdown(choices=[("全部版面", "")] + [(p, p) for p in pages], value="", label="版面")
+                art_pick = gr.Dropdown(choices=[(a.title, a.article_id) for a in all_articles], label="文章",
+                                       elem_id="article-pick")
+            browse_meta = gr.Markdown("")
+            browse_view = gr.HighlightedText(label="文章", show_legend=False, elem_id="browse-view")
+
+        outputs = [chat, box, sources, panel, items_state, asked_state]
+        inputs = [box, chat, k, retriever, items_state, asked_state]
+        asked = [box.submit(respond, inputs, outputs, api_visibility="private"),
+                 send.click(respond, inputs, outputs, api_visibility="private")]
+        clear.click(lambda: ([], "", gr.update(choices=[], value=None), "", [], [], gr.update(value=[]), ""),
+                    None, [chat, box, sources, panel, items_state, asked_state, view, meta], api_visibility="private",
+                    cancels=asked)
+        sources.change(open_source, [sources, items_state], [view, meta], api_visibility="private")
+        page.change(list_articles, page, art_pick, api_visibility="private")
+        art_pick.change(lambda a: article_view(a), art_pick, [browse_view, browse_meta], api_visibility="private")
+        gr.api(api_ask, api_name="ask")
+    demo.queue(default_concurrency_limit=4, max_size=64)
+    return demo
+
+
+def _usable_examples(backend: _Backend) -> list[str]:
+    try:
+        engine = backend.engine()
+    except RagError:
+        return []
+    out = []
+    for q in EXAMPLES:
+        try:
+            if not engine.ask(q).refused:
+                out.append(q)
+        except RagError:
+            continue
+    if len(out) < 3:  # another corpus: offer its headlines as topics
+        out += [f"{a.title}的主要内容是什么？" for a in list(engine.index.articles.values())[:5]
+                if a.kind == "article" and not a.provisional_title]
+    return out[:6]
+
+
+def serve(index_dir: str | Path = "index", seeds: str | Path | None = "seeds", *, host: str = "127.0.0.1",
+          port: int = 7860, settings: Settings | None = None, block: bool = True):
+    """Build the app and serve it (blocking unless ``block=False``); returns the Blocks."""
+    import gradio as gr
+
+    if not 0 < port < 65536:
+        raise RagError(f"port must be between 1 and 65535, got {port}")
+    try:
+        from .pipeline import get_engine
+
+        engine = get_engine(index_dir, settings=settings)
+        engine.encoder  # load the model before the first visitor
+        if seeds is not None:
+            from .index import stale_pages
+            from .ingest import list_pages
+
+            stale = stale_pages(engine.index.manifest, list_pages(seeds))
+            if stale:
+                log.warning("the index is stale (%s changed); run `rag index`", ", ".join(stale[:3]))
+    except RagError as exc:
+        log.warning("%s — the chat will say so until the index is built", exc)
+    demo = build_app(index_dir, seeds, settings)
+    log.info("serving the chat on http://%s:%d", host, port)
+    try:
+        demo.launch(server_name=host, server_port=port, prevent_thread_lock=not block, show_error=False,
+                    quiet=True, ssr_mode=False, css=CSS, theme=gr.themes.Soft())
+    except OSError as exc:
+        raise RagError(f"cannot serve on {host}:{port}: {exc}") from None
+    return demo
