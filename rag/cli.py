@@ -95,7 +95,17 @@ def _engine(args: argparse.Namespace, **overrides):
     return get_engine(args.index, settings=_settings(args), **overrides)
 
 
+def _check_first(text: str | None) -> None:
+    """A single bad query is reported before the index and model are loaded."""
+    if text is not None:
+        from .config import Settings
+        from .retrieve import check_query
+
+        check_query(text, Settings())
+
+
 def _cmd_search(args: argparse.Namespace) -> int:
+    _check_first(args.query)
     engine = _engine(args)
     failed = 0
     for query, batch in _queries(args.query):
@@ -128,6 +138,7 @@ def _answer_json(ans) -> dict:
 
 
 def _cmd_ask(args: argparse.Namespace) -> int:
+    _check_first(args.question)
     engine = _engine(args)
     history: list[str] = []
     for question, batch in _queries(args.question):

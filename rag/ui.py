@@ -128,9 +128,11 @@ def build_app(index_dir: str | Path = "index", seeds: str | Path | None = "seeds
         step = max(2, len(text) // 25)
         for i in range(step, len(text) + step, step):  # stream the answer in
             messages[-1] = {"role": "assistant", "content": _md_text(text[:i])}
-            yield messages, "", gr.update(), gr.update(), last, history
+            # the question box is cleared once, on the first step, so a question typed while the
+            # answer streams in is not wiped
+            yield messages, ("" if i == step else gr.update()), gr.update(), gr.update(), last, history + [question]
             time.sleep(0.01)
-        yield messages, "", gr.update(choices=choices, value=None), panel, items, history + [question]
+        yield messages, gr.update(), gr.update(choices=choices, value=None), panel, items, history + [question]
 
     def open_source(choice, items):
         if choice is None or not items or not 0 <= int(choice) < len(items):

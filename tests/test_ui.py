@@ -84,7 +84,14 @@ def page(browser, server):
 def _ask(pg, question: str, expect: str, timeout: float = 30_000):
     pg.locator("#question textarea").fill(question)
     pg.locator("#send").click()
-    pg.locator("#chat").get_by_text(expect, exact=False).last.wait_for(timeout=timeout)
+    try:
+        pg.locator("#chat").get_by_text(expect, exact=False).last.wait_for(timeout=timeout)
+    except Exception:
+        from .conftest import ARTIFACTS
+
+        ARTIFACTS.mkdir(exist_ok=True)
+        pg.screenshot(path=str(ARTIFACTS / "failed-ask.png"), full_page=True)
+        raise AssertionError(f"{expect!r} not in the chat: {pg.locator('#chat').inner_text()[-400:]!r}") from None
 
 
 def test_ask_read_the_cited_source_and_open_it(page, artifacts_dir):
