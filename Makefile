@@ -29,7 +29,7 @@ $(PY):
 $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q -e '.[test,llm]'
 	touch $(STAMP)
 
 # Debian packages the browser tests need: Chromium, and CJK fonts so Chinese does not render as boxes

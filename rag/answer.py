@@ -13,7 +13,8 @@ from .retrieve import term_idf
 from .types import Answer, Citation, Hit
 from .zh import fold_width, numbers_in, split_sentences
 
-__all__ = ["Candidate", "score_sentences", "compose_answer", "refusal", "make_citation", "unsupported_numbers"]
+__all__ = ["Candidate", "score_sentences", "compose_answer", "refusal", "make_citation", "unsupported_numbers",
+           "evidence_sentences"]
 
 _LEAD_TRIM = re.compile(r"^(据悉|据了解|据介绍|同时|此外|另外|其中|目前|与此同时|近日|日前)[，,]")
 _CLAUSE_END = "，,；;：:"
@@ -179,3 +180,29 @@ def compose_answer(index: Index, question: str, hits: list[Hit], settings: Setti
         shown = text if text[-1] in "。！？!?”" else text + "。"
         parts.append(f"{shown}[{n}]")
     return Answer(question=question, answer="".join(parts), refused=False, citations=tuple(citations))
+
+
+def evidence_sentences(index: Index, question: str, hits: list[Hit], *, limit: int = 4,
+                       max_chars: int = 480) -> list[tuple[str, int, int]]:
+    """The best whole sentences for a question, as (article_id, start, end), best first: the
+    numbered excerpts a local model is given (short, so that it starts answering quickly)."""
+    out: list[tuple[str, int, int]] = []
+    used = 0
+    for c in score_sentences(index, question, hits):
+        art_id = c.hit.chunk.article_id
+        text = index.articles[art_id].text
+        # widen a clause window to its whole sentence
+        start = max(text.rfind(ch, 0, c.start) for ch in "。！？；\n") + 1
+        ends = [i for i in (text.find(ch, c.end - 1) for ch in "。！？；\n") if i >= 0]
+        end = min(ends) + 1 if ends else len(text)
+        while end < len(text) and text[end] in "”’」』）)":
+            end += 1
+        if any(a == art_id and s < end and start < e for a, s, e in out):
+            continue
+        if used + (end - start) > max_chars and out:
+            break
+        out.append((art_id, start, end))
+        used += end - start
+        if len(out) >= limit:
+            break
+    return out

@@ -26,6 +26,10 @@ def _settings(args: argparse.Namespace):
         kw["model"] = args.model
     if getattr(args, "cache", None):
         kw["cache_dir"] = args.cache
+    if getattr(args, "mode", None):
+        kw["answer_mode"] = args.mode
+    if getattr(args, "llm_model", None):
+        kw["llm_model"] = args.llm_model
     return Settings(**kw)
 
 
@@ -134,6 +138,10 @@ def _answer_json(ans) -> dict:
          "related": list(ans.related), "mode": ans.mode, "timings_ms": ans.timings_ms}
     if ans.resolved_question:
         d["resolved_question"] = ans.resolved_question
+    if ans.fallback_reason:
+        d["fallback_reason"] = ans.fallback_reason
+    if ans.check:
+        d["check"] = ans.check
     return d
 
 
@@ -143,8 +151,14 @@ def _cmd_ask(args: argparse.Namespace) -> int:
     history: list[str] = []
     for question, batch in _queries(args.question):
         try:
+            stream = None
+            if args.mode == "llm" and not (args.json or batch):  # show the model's words as they come
+                def stream(piece):
+                    print(piece, end="", file=sys.stderr, flush=True)
             ans = engine.ask(question, k=args.k, retriever=args.retriever,
-                             history=history if args.follow else None)
+                             history=history if args.follow else None, on_delta=stream)
+            if stream:
+                print(file=sys.stderr)
         except BadInput as exc:
             if not batch:
                 raise
@@ -154,6 +168,8 @@ def _cmd_ask(args: argparse.Namespace) -> int:
         if args.json or batch:
             _print_json(_answer_json(ans))
         else:
+            if ans.fallback_reason and args.mode == "llm":
+                print(f"（本地模型的回答未通过核对，改用原文摘录：{ans.fallback_reason}）", file=sys.stderr)
             print(ans.answer)
             if ans.citations:
                 print("\n来源：")
@@ -175,7 +191,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         rows.append(evaluate_retrieval(engine, items, retriever=r, k=5))
     report: dict = {"questions": len(items), "retrieval": rows}
     if not args.no_answers and engine is not None:
-        report["answers"] = evaluate_answers(engine, items, ask=engine.ask)
+        report["answers"] = evaluate_answers(engine, items, ask=engine.ask, mode=args.mode or "extractive")
     if args.json:
         _print_json(report)
         return 0
@@ -188,7 +204,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         a = report["answers"]
         print()
         print(format_table([a], ["mode", "answer_accuracy", "refusal_accuracy", "false_refusal_rate",
-                                 "citations_verbatim", "median_answer_ms"]))
+                                 "citations_verbatim", "unsupported_numbers", "median_answer_ms"]))
+        if a.get("checks"):
+            print("  grounding check: " + ", ".join(f"{k} {v}" for k, v in a["checks"].items()))
         for f in a["failures"]:
             print(f"  {f['id']} {'refused' if f['refused'] else 'answered'}: {f['question']} -> {f['answer'][:60]}")
     return 0
@@ -214,6 +232,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--model", default=None, help="encoder: a sentence-transformers name or folder "
                                                      "(default: the bundled multilingual-e5-small)")
         p.add_argument("--cache", default=None, help="model cache folder (default: $RAG_CACHE or ~/.cache/rag)")
+
+    def llm_opts(p):
+        p.add_argument("--mode", choices=["extractive", "llm"], default=None,
+                       help="extractive (default) or llm: the local model phrases the answer, checked against the sources")
+        p.add_argument("--llm-model", default=None, metavar="PATH",
+                       help="a GGUF file for llm mode (default: $RAG_LLM_MODEL, else the bundled Qwen2.5 1.5B)")
 
     p = sub.add_parser("articles", help="list the articles rebuilt from the seed pages")
     p.add_argument("--seeds", default="seeds", help="folder of page files (default: seeds)")
@@ -242,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--retriever", **retr)
     p.add_argument("--follow", action="store_true", help="in batch mode, treat the lines as one conversation")
+    llm_opts(p)
     common(p)
     p.set_defaults(func=_cmd_ask)
 
@@ -251,12 +276,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-rerank", action="store_true")
     p.add_argument("--no-answers", action="store_true", help="retrieval figures only")
     p.add_argument("--json", action="store_true")
+    llm_opts(p)
     common(p)
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("serve", help="serve the web chat (Gradio) and its API")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=7860)
+    llm_opts(p)
     common(p, seeds=True)
     p.set_defaults(func=_cmd_serve)
     return parser

@@ -17,6 +17,7 @@ BUNDLED_MODEL = "bundled:multilingual-e5-small"
 INDEX_SETTINGS = ("model", "chunk_sentences", "chunk_overlap", "chunk_max_chars", "exact_search_max")
 
 Retriever = Literal["hybrid", "bm25", "dense"]
+AnswerMode = Literal["extractive", "llm"]
 
 
 def default_cache_dir() -> Path:
@@ -51,8 +52,14 @@ class Settings:
     max_answer_sentences: int = 3
     refusal_threshold: float = 0.4  # calibrated on tests/data/qa.jsonl
     max_question_chars: int = 500
+    # local-model answers
+    answer_mode: AnswerMode = "extractive"
+    llm_model: str | None = None  # a GGUF path; None: $RAG_LLM_MODEL, else the bundled default
+    llm_max_tokens: int = 120
 
     def __post_init__(self) -> None:
+        if self.answer_mode not in ("extractive", "llm"):
+            raise BadInput(f"answer mode must be extractive or llm, got {self.answer_mode!r}")
         if self.retriever not in ("hybrid", "bm25", "dense"):
             raise BadInput(f"retriever must be hybrid, bm25 or dense, got {self.retriever!r}")
         for name in ("chunk_sentences", "top_k", "candidates", "chunk_max_chars", "max_question_chars"):

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .answer import unsupported_numbers
 from .errors import BadInput
 
 __all__ = ["QAItem", "load_qa", "evaluate_retrieval", "evaluate_answers", "format_table"]
@@ -95,7 +96,7 @@ def evaluate_answers(engine, items: list[QAItem], *, ask, mode: str = "extractiv
     unanswerable = [i for i in items if not i.answerable]
     correct = false_ref = right_ref = 0
     cites = verbatim = 0
-    numbers_ok = True
+    unsupported = 0
     failures, latencies = [], []
     extra: dict[str, int] = {}
     for item in items:
@@ -107,9 +108,16 @@ def evaluate_answers(engine, items: list[QAItem], *, ask, mode: str = "extractiv
             art = engine.index.articles.get(c.article_id)
             if art and art.text[c.start:c.end] == c.excerpt:
                 verbatim += 1
-        for key in ("fallback", "repaired"):
-            if key in ans.mode:
+        if mode == "llm":
+            if "fallback" in ans.mode:
+                key = "fallback (model not asked)" if "not asked" in (ans.fallback_reason or "") else "fallback (rejected)"
                 extra[key] = extra.get(key, 0) + 1
+            elif "repaired" in ans.mode:
+                extra["repaired"] = extra.get("repaired", 0) + 1
+            else:
+                extra["passed as written"] = extra.get("passed as written", 0) + 1
+        if not ans.refused and unsupported_numbers(ans.answer, ans.citations):
+            unsupported += 1
         if item.answerable:
             # a fact may list alternatives separated by "|" (any one of them counts)
             ok = not ans.refused and all(any(_norm(alt) in _norm(ans.answer) for alt in f.split("|"))
@@ -131,6 +139,7 @@ def evaluate_answers(engine, items: list[QAItem], *, ask, mode: str = "extractiv
         "false_refusal_rate": round(false_ref / len(answerable), 4) if answerable else 0.0,
         "citations_verbatim": round(verbatim / cites, 4) if cites else 1.0,
         "citations": cites,
+        "unsupported_numbers": unsupported,  # shown answers with a number absent from their excerpts
         "median_answer_ms": round(statistics.median(latencies), 1) if latencies else 0.0,
         "failures": failures,
     }

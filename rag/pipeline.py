@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dataclasses import replace
+from typing import Callable
 
 from .answer import compose_answer
 from .chunk import chunk_articles
@@ -160,15 +161,20 @@ class Engine:
                        query_vector=vector, retriever=mode)
 
     def ask(self, question: str, *, history: list[str] | None = None, k: int | None = None,
-            retriever: str | None = None) -> Answer:
+            retriever: str | None = None, mode: str | None = None,
+            on_delta: Callable[[str], None] | None = None) -> Answer:
         """Answer a question from the index, with verbatim citations, or refuse.
 
         ``history`` holds the earlier questions of the conversation, oldest first; a follow-up
-        ("那西宁呢？") is resolved against them before retrieval.
+        ("那西宁呢？") is resolved against them before retrieval. ``mode`` "llm" has the local model
+        phrase the answer (checked against the sources; ``on_delta`` receives its text as it streams).
 
         >>> get_engine("index").ask("格尔木的开发区在全国排第几？").answer  # doctest: +SKIP
-        '格尔木昆仑经济技术开发区在全国230家国家级经济技术开发区中位列128位，较上年度考核排名跃升85位。[1]'
+        '格尔木昆仑经济技术开发区在全国230家国家级经济技术开发区中位列128位。[1]'
         """
+        mode = mode or self.settings.answer_mode
+        if mode not in ("extractive", "llm"):
+            raise BadInput(f"answer mode must be extractive or llm, got {mode!r}")
         t0 = time.perf_counter()
         q = check_query(question, self.settings)
         resolved = resolve_followup(q, [h for h in (history or []) if isinstance(h, str)])
@@ -176,8 +182,13 @@ class Engine:
         t1 = time.perf_counter()
         answer = compose_answer(self.index, q, hits, self.settings, retrieval_query=resolved)
         t2 = time.perf_counter()
-        timings = {"retrieve_ms": round((t1 - t0) * 1000, 1), "answer_ms": round((t2 - t1) * 1000, 1),
-                   "total_ms": round((t2 - t0) * 1000, 1)}
+        timings = {"retrieve_ms": round((t1 - t0) * 1000, 1), "answer_ms": round((t2 - t1) * 1000, 1)}
+        if mode == "llm":
+            from .generate import generate_answer
+
+            answer = generate_answer(self.index, q, resolved, hits, self.settings, answer, on_delta=on_delta)
+            timings.update(answer.timings_ms)
+        timings["total_ms"] = round((time.perf_counter() - t0) * 1000, 1)
         extra = {"resolved_question": resolved} if resolved != q else {}
         return replace(answer, timings_ms=timings, **extra)
 

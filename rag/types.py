@@ -99,8 +99,10 @@ class Answer:
     refused: bool
     citations: tuple[Citation, ...] = ()
     related: tuple[dict, ...] = ()
-    mode: str = "extractive"
+    mode: str = "extractive"  # extractive | llm | extractive-fallback
     resolved_question: str | None = None
+    fallback_reason: str | None = None
+    check: dict = field(default_factory=dict)  # llm mode: what the grounding check repaired or dropped
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 

@@ -1,0 +1,88 @@
+"""Answers in the local model's words, held to the sources: the model gets the question and a few
+numbered excerpts; its answer is shown only after ``ground.check_answer`` passes, otherwise the
+extractive answer is returned with the reason."""
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import replace
+from typing import Callable, Iterator
+
+from .answer import evidence_sentences, make_citation
+from .config import Settings
+from .errors import ModelError
+from .ground import REFUSAL_RE, check_answer, normalize_numbers
+from .index import Index
+from .query import analyze_question
+from .types import Answer, Hit
+
+__all__ = ["generate_answer"]
+
+
+def _fallback(extractive: Answer, reason: str, check: dict | None = None) -> Answer:
+    return replace(extractive, mode="extractive-fallback", fallback_reason=reason, check=check or {})
+
+
+def generate_answer(index: Index, question: str, query: str, hits: list[Hit], settings: Settings,
+                    extractive: Answer, *, on_delta: Callable[[str], None] | None = None,
+                    stream: Iterator[str] | None = None) -> Answer:
+    """The local model's answer, checked; or the extractive answer with ``fallback_reason``.
+
+    ``query`` is the standalone (follow-up-resolved) question the model is asked; ``stream`` lets
+    tests supply the model's output.
+    """
+    if extractive.refused:
+        return _fallback(extractive, "the sources do not answer this question; the model was not asked")
+    spans = evidence_sentences(index, query, hits)
+    excerpts = [index.articles[a].text[s:e] for a, s, e in spans]
+    t0 = time.perf_counter()
+    first_ms = None
+    pieces: list[str] = []
+    try:
+        if stream is None:
+            from .llm import build_messages, get_llm
+
+            llm = get_llm(settings.llm_model, settings.cache_path())
+            stream = llm.stream(build_messages(query, excerpts), max_tokens=settings.llm_max_tokens)
+        for piece in stream:
+            if first_ms is None:
+                first_ms = round((time.perf_counter() - t0) * 1000, 1)
+            pieces.append(piece)
+            if on_delta:
+                on_delta(piece)
+    except ModelError as exc:
+        return _fallback(extractive, f"local model unavailable: {exc}")
+    timings = {"first_token_ms": first_ms or 0.0, "generate_ms": round((time.perf_counter() - t0) * 1000, 1)}
+    text = "".join(pieces).strip()
+    if not text:
+        return _fallback(extractive, "the model produced no answer")
+    grounded = check_answer(text, excerpts)
+    check = {"model_answer": text, "repaired": grounded.repaired, "dropped": grounded.dropped,
+             "reasons": grounded.reasons}
+    if REFUSAL_RE.search(text) and not grounded.ok:
+        return _fallback(extractive, "the model declined although the sources answer the question", check)
+    if not grounded.ok:
+        return _fallback(extractive, "no sentence of the model's answer passed the grounding check", check)
+    kind = analyze_question(query).kind
+    if kind in ("count", "rank", "date"):
+        def numbers(t: str) -> set[str]:
+            return set(re.findall(r"\d+(?:\.\d+)?", normalize_numbers(re.sub(r"\[\d+\]", "", t))))
+
+        wanted, said = numbers(extractive.answer), numbers(grounded.text())
+        if wanted and not wanted & said:
+            return _fallback(extractive, "the model's answer left out the figure the sources give", check)
+    # renumber the cited excerpts in order of first use
+    order: dict[int, int] = {}
+    parts = []
+    for body, marks in grounded.sentences:
+        for m in marks:
+            order.setdefault(m, len(order) + 1)
+        end = "" if body[-1] in "。！？!?" else "。"
+        parts.append(body.rstrip("。！？!?") + "".join(f"[{order[m]}]" for m in marks) + (body[-1] if not end else end))
+    citations = []
+    for old, new in sorted(order.items(), key=lambda x: x[1]):
+        a, s, e = spans[old - 1]
+        citations.append(make_citation(new, index, a, s, e))
+    mode = "llm-repaired" if grounded.repaired or grounded.dropped else "llm"
+    return Answer(question=question, answer="".join(parts), refused=False, citations=tuple(citations),
+                  mode=mode, check=check, timings_ms=timings)

@@ -1,0 +1,97 @@
+"""The grounding check that stands between a local model and the user (pure rules, table-driven),
+and the fallbacks around it, fed with texts a model could write."""
+from __future__ import annotations
+
+import pytest
+
+from rag.ground import check_answer, facts_in, normalize_numbers
+
+EXCERPTS = [
+    "格尔木昆仑经济技术开发区在全国230家国家级经济技术开发区中位列128位，较上年度考核排名跃升85位。",
+    "试点企业已顺利签订电子劳动合同182份。",
+    "2022年盐湖产业实现产值589.4亿元，钾肥产量达到779万吨、占全国产量的80％。",
+    "实施“柴达木英才”计划，设立3200万元专项资金支持人才科技创新和成果转化。",
+]
+
+
+@pytest.mark.parametrize("raw, norm", [
+    ("１２８位", "128位"),
+    ("百分之十", "10%"),
+    ("百分之八十", "80%"),
+    ("80％", "80%"),
+    ("一百二十八位", "128位"),
+    ("第八名", "第8名"),
+    ("六个考核组", "6个考核组"),
+    ("1,200人", "1200人"),
+    ("一线干部", "一线干部"),  # a word, not a number
+    ("统一管理", "统一管理"),
+])
+def test_number_normalisation(raw, norm):
+    assert normalize_numbers(raw) == norm
+
+
+@pytest.mark.parametrize("answer, ok_text, dropped", [
+    # numbers copied, markers right
+    ("开发区位列128位，较上年跃升85位[1]。", "开发区位列128位，较上年跃升85位。[1]", 0),
+    # full-width and Chinese numerals are the same numbers
+    ("开发区位列１２８位[1]。", "开发区位列１２８位。[1]", 0),
+    ("钾肥产量占全国产量的百分之八十[3]。", "钾肥产量占全国产量的百分之八十。[3]", 0),
+    # a changed number is dropped
+    ("试点企业签订电子劳动合同183份[2]。", "", 1),
+    # the right number cited to the wrong excerpt: moved to the excerpt that holds it
+    ("试点企业签订电子劳动合同182份[1]。", "试点企业签订电子劳动合同182份。[2]", 0),
+    # a missing marker is attached to the supporting excerpt
+    ("设立3200万元专项资金支持人才。", "设立3200万元专项资金支持人才。[4]", 0),
+    # a marker to no excerpt is removed, the sentence re-attached
+    ("试点企业签订电子劳动合同182份[9]。", "试点企业签订电子劳动合同182份。[2]", 0),
+    # a quoted name must be in the excerpt
+    ("实施“昆仑英才”计划[4]。", "", 1),
+    # an unsupported claim without numbers is dropped
+    ("该开发区还获得了联合国环境大奖[1]。", "", 1),
+    # one good sentence, one invented
+    ("试点企业签订合同182份[2]。另外还有500家企业在排队[2]。", "试点企业签订合同182份。[2]", 1),
+])
+def test_check_answer(answer, ok_text, dropped):
+    g = check_answer(answer, EXCERPTS)
+    assert g.text() == ok_text
+    assert len(g.dropped) == dropped
+    assert g.ok == bool(ok_text)
+
+
+def test_marker_after_the_full_stop_belongs_to_the_sentence_before():
+    g = check_answer("开发区位列128位。[1]试点企业签订电子劳动合同182份。[2]", EXCERPTS)
+    assert g.sentences == [("开发区位列128位。", [1]), ("试点企业签订电子劳动合同182份。", [2])]
+    assert g.repaired == 0
+
+
+def test_facts_include_numbers_and_quoted_names():
+    assert facts_in("“柴达木英才”计划设立3200万元，占百分之十") == ["3200", "10%", "柴达木英才"]
+
+
+def test_generated_answers_fall_back_when_they_fail(engine):
+    from rag.generate import generate_answer
+
+    q = "格尔木的开发区在全国排第几？"
+    hits = engine.search(q)
+    extractive = engine.ask(q)
+
+    def run(text):
+        return generate_answer(engine.index, q, q, hits, engine.settings, extractive, stream=iter([text]))
+
+    good = run("格尔木昆仑经济技术开发区位列全国第128位[1]。")
+    assert good.mode == "llm" and "128" in good.answer and good.citations[0].excerpt in \
+        engine.index.articles[good.citations[0].article_id].text
+    bad = run("格尔木开发区排名全国第100位[1]。")
+    assert bad.mode == "extractive-fallback" and bad.answer == extractive.answer
+    assert "grounding" in bad.fallback_reason
+    refusal = run("资料中没有相关信息。")
+    assert refusal.mode == "extractive-fallback" and "declined" in refusal.fallback_reason
+    empty = run("")
+    assert empty.fallback_reason == "the model produced no answer"
+    vague = run("格尔木昆仑经济技术开发区在全国排名靠前[1]。")
+    assert vague.mode == "extractive-fallback" and "figure" in vague.fallback_reason
+    unanswerable = engine.ask("西宁地铁什么时候开通？")
+    skipped = generate_answer(engine.index, "西宁地铁什么时候开通？", "西宁地铁什么时候开通？",
+                              engine.search("西宁地铁什么时候开通？"), engine.settings, unanswerable,
+                              stream=iter(["西宁地铁将于2025年开通[1]。"]))
+    assert skipped.refused and "not asked" in skipped.fallback_reason
