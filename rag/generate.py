@@ -11,16 +11,16 @@ from typing import Callable, Iterator
 from .answer import evidence_sentences, make_citation
 from .config import Settings
 from .errors import ModelError
-from .ground import REFUSAL_RE, check_answer, normalize_numbers
+from .ground import REFUSAL_RE, check_answer, facts_in, normalize_numbers, source_forms
 from .index import Index
-from .query import analyze_question
 from .types import Answer, Hit
 
 __all__ = ["generate_answer"]
 
 
-def _fallback(extractive: Answer, reason: str, check: dict | None = None) -> Answer:
-    return replace(extractive, mode="extractive-fallback", fallback_reason=reason, check=check or {})
+def _fallback(extractive: Answer, reason: str, check: dict | None = None, timings: dict | None = None) -> Answer:
+    return replace(extractive, mode="extractive-fallback", fallback_reason=reason, check=check or {},
+                   timings_ms=timings or {})
 
 
 def generate_answer(index: Index, question: str, query: str, hits: list[Hit], settings: Settings,
@@ -44,39 +44,46 @@ def generate_answer(index: Index, question: str, query: str, hits: list[Hit], se
 
             llm = get_llm(settings.llm_model, settings.cache_path())
             stream = llm.stream(build_messages(query, excerpts), max_tokens=settings.llm_max_tokens)
+        limit = 8 * settings.llm_max_tokens  # characters: an answer that runs on is cut off here
         for piece in stream:
             if first_ms is None:
                 first_ms = round((time.perf_counter() - t0) * 1000, 1)
             pieces.append(piece)
             if on_delta:
                 on_delta(piece)
+            if sum(map(len, pieces)) > limit:
+                break
     except ModelError as exc:
         return _fallback(extractive, f"local model unavailable: {exc}")
     timings = {"first_token_ms": first_ms or 0.0, "generate_ms": round((time.perf_counter() - t0) * 1000, 1)}
     text = "".join(pieces).strip()
     if not text:
-        return _fallback(extractive, "the model produced no answer")
+        return _fallback(extractive, "the model produced no answer", timings=timings)
     grounded = check_answer(text, excerpts)
     check = {"model_answer": text, "repaired": grounded.repaired, "dropped": grounded.dropped,
              "reasons": grounded.reasons}
     if REFUSAL_RE.search(text) and not grounded.ok:
-        return _fallback(extractive, "the model declined although the sources answer the question", check)
+        return _fallback(extractive, "the model declined although the sources answer the question", check, timings)
     if not grounded.ok:
-        return _fallback(extractive, "no sentence of the model's answer passed the grounding check", check)
-    kind = analyze_question(query).kind
-    if kind in ("count", "rank", "date"):
-        def numbers(t: str) -> set[str]:
-            return set(re.findall(r"\d+(?:\.\d+)?", normalize_numbers(re.sub(r"\[\d+\]", "", t))))
-
-        wanted, said = numbers(extractive.answer), numbers(grounded.text())
-        if wanted and not wanted & said:
-            return _fallback(extractive, "the model's answer left out the figure the sources give", check)
+        return _fallback(extractive, "no sentence of the model's answer passed the grounding check", check, timings)
+    # the model must keep a figure or name of the best evidence (the first extractive excerpt that
+    # has any): a model that answers with another sentence's number (a plan for a result) is not shown
+    wanted: set[str] = set()
+    for c in extractive.citations:  # the first excerpt that states figures or names
+        wanted = {normalize_numbers(f) for f in facts_in(c.excerpt)}
+        if wanted:
+            break
+    said = {normalize_numbers(f) for f in facts_in(re.sub(r"\[\d+\]", "", grounded.text()))}
+    if wanted and not wanted & said:
+        return _fallback(extractive, "the model's answer left out the figures or names the sources give", check,
+                         timings)
     # renumber the cited excerpts in order of first use
     order: dict[int, int] = {}
     parts = []
     for body, marks in grounded.sentences:
         for m in marks:
             order.setdefault(m, len(order) + 1)
+        body = source_forms(body, [excerpts[m - 1] for m in marks])
         end = "" if body[-1] in "。！？!?" else "。"
         parts.append(body.rstrip("。！？!?") + "".join(f"[{order[m]}]" for m in marks) + (body[-1] if not end else end))
     citations = []

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 
 from .zh import fold_width, is_han, split_sentences
 
-__all__ = ["GroundedAnswer", "normalize_numbers", "facts_in", "support", "check_answer", "REFUSAL_RE"]
+__all__ = ["GroundedAnswer", "normalize_numbers", "facts_in", "support", "check_answer", "source_forms",
+           "REFUSAL_RE"]
 
 _CN_DIGITS = {"零": 0, "〇": 0, "一": 1, "二": 2, "两": 2, "三": 3, "四": 4, "五": 5, "六": 6, "七": 7, "八": 8, "九": 9}
 _CN_UNITS = {"十": 10, "百": 100, "千": 1000}
@@ -154,3 +155,25 @@ def check_answer(answer: str, excerpts: list[str], *, min_support: float = 0.4) 
             out.reasons.append(f"dropped “{body[:20]}”: " + (f"{', '.join(missing)} not in the excerpts"
                                                              if missing else "not supported by an excerpt"))
     return out
+
+
+_DIGITS_RE = re.compile(r"百分之[零〇一二两三四五六七八九十百\d.]+|[0-9０-９]+(?:[.．][0-9０-９]+)?[%％]?")
+_CN_COUNT_RE = re.compile(r"(?<=第)[零〇一二两三四五六七八九十百千]+|[零〇一二两三四五六七八九十百千]+(?=[个名家位人项台场套份次件万亿元吨天年月日级岁倍条所批类户])")
+
+
+def source_forms(sentence: str, excerpts: list[str]) -> str:
+    """Write each number of a checked sentence the way its excerpts write it: a model that turned
+    ``第八名`` into ``第8名`` (or ``80％`` into ``百分之八十``) is shown with the source's own form."""
+    forms: dict[str, str] = {}
+    for e in excerpts:
+        for m in list(_DIGITS_RE.finditer(e)) + list(_CN_COUNT_RE.finditer(e)):
+            forms.setdefault(normalize_numbers(m.group(0)), m.group(0))
+    joined = "".join(excerpts)
+
+    def repl(m: re.Match) -> str:
+        tok = m.group(0)
+        if tok in joined:
+            return tok
+        return forms.get(normalize_numbers(tok), tok)
+
+    return _DIGITS_RE.sub(repl, sentence)

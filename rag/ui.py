@@ -5,7 +5,9 @@ from __future__ import annotations
 import html
 import logging
 import os
+import queue
 import re
+import threading
 import time
 from pathlib import Path
 
@@ -70,6 +72,7 @@ def build_app(index_dir: str | Path = "index", seeds: str | Path | None = "seeds
     import gradio as gr
 
     backend = _Backend(index_dir, seeds, settings)
+    default_mode = settings.answer_mode if settings else "extractive"
     all_articles = backend.articles()
     examples = _usable_examples(backend)
 
@@ -91,7 +94,27 @@ def build_app(index_dir: str | Path = "index", seeds: str | Path | None = "seeds
                                        "续上版" if art.continuation else None) if x)
         return gr.update(value=[(t, lab) for t, lab in parts if t], label="　".join(head)), _md_text(meta)
 
-    def respond(question, messages, k, retriever, last, asked):
+    def ask_streaming(question, history, k, retriever, mode):
+        """Run ask() in a worker thread; yield ("delta", text) while a local model writes, then
+        ("answer", Answer) or ("error", exception)."""
+        events: queue.Queue = queue.Queue()
+
+        def work():
+            try:
+                ans = backend.engine().ask(question, history=history, k=int(k), retriever=retriever, mode=mode,
+                                           on_delta=lambda piece: events.put(("delta", piece)))
+                events.put(("answer", ans))
+            except Exception as exc:  # handed to the UI thread, which decides what to show
+                events.put(("error", exc))
+
+        threading.Thread(target=work, daemon=True).start()
+        while True:
+            kind, value = events.get()
+            yield kind, value
+            if kind != "delta":
+                return
+
+    def respond(question, messages, k, retriever, mode, last, asked):
         messages = list(messages or [])
         question = (question or "").strip()
         history = list(asked or [])  # the raw questions so far (the chat shows escaped text)
@@ -100,7 +123,17 @@ def build_app(index_dir: str | Path = "index", seeds: str | Path | None = "seeds
         try:
             if not question:
                 raise RagError("请输入一个问题，例如：格尔木的开发区在全国排第几？")
-            ans = backend.engine().ask(question, history=history, k=int(k), retriever=retriever)
+            ans, draft = None, ""
+            for kind, value in ask_streaming(question, history, k, retriever, mode):
+                if kind == "delta":  # the model's words as they come, marked as not yet checked
+                    draft += value
+                    shown = messages + [{"role": "assistant", "content": _md_text(draft) + " ⏳（核对中）"}]
+                    yield shown, ("" if len(draft) == len(value) else gr.update()), gr.update(), gr.update(), \
+                        last, history + [question]
+                elif kind == "error":
+                    raise value
+                else:
+                    ans = value
         except RagError as exc:
             messages.append({"role": "assistant", "content": "⚠️ " + _md_text(str(exc))})
             yield messages, "", gr.update(choices=[], value=None), "", [], history
@@ -123,6 +156,8 @@ def build_app(index_dir: str | Path = "index", seeds: str | Path | None = "seeds
                                 for c in cites)
             items = cites
         prefix = "🔍 " if ans.refused else ""
+        if mode == "llm" and ans.mode == "extractive-fallback" and not ans.refused:
+            prefix = "（本地模型的回答未通过与原文的核对，以下为原文摘录）\n"
         text = prefix + ans.answer
         messages.append({"role": "assistant", "content": ""})
         step = max(2, len(text) // 25)
@@ -130,7 +165,8 @@ def build_app(index_dir: str | Path = "index", seeds: str | Path | None = "seeds
             messages[-1] = {"role": "assistant", "content": _md_text(text[:i])}
             # the question box is cleared once, on the first step, so a question typed while the
             # answer streams in is not wiped
-            yield messages, ("" if i == step else gr.update()), gr.update(), gr.update(), last, history + [question]
+            clear_box = i == step and not draft  # cleared already if a model draft was streamed
+            yield messages, ("" if clear_box else gr.update()), gr.update(), gr.update(), last, history + [question]
             time.sleep(0.01)
         yield messages, gr.update(), gr.update(choices=choices, value=None), panel, items, history + [question]
 
@@ -179,6 +215,8 @@ def build_app(index_dir: str | Path = "index", seeds: str | Path | None = "seeds
                         k = gr.Slider(1, 10, value=5, step=1, label="检索段落数")
                         retriever = gr.Radio([("混合（推荐）", "hybrid"), ("关键词 BM25", "bm25"), ("语义向量", "dense")],
                                              value="hybrid", label="检索方式")
+                        mode = gr.Radio([("原文摘录（最快）", "extractive"), ("本地模型改写（经原文核对）", "llm")],
+                                        value=default_mode, label="回答方式", elem_id="answer-mode")
                 with gr.Column(scale=2):
                     gr.Markdown("### 来源")
                     sources = gr.Radio(choices=[], label="点击引用查看原文", elem_id="answer-sources")
@@ -196,7 +234,7 @@ def build_app(index_dir: str | Path = "index", seeds: str | Path | None = "seeds
             browse_view = gr.HighlightedText(label="文章", show_legend=False, elem_id="browse-view")
 
         outputs = [chat, box, sources, panel, items_state, asked_state]
-        inputs = [box, chat, k, retriever, items_state, asked_state]
+        inputs = [box, chat, k, retriever, mode, items_state, asked_state]
         asked = [box.submit(respond, inputs, outputs, api_visibility="private"),
                  send.click(respond, inputs, outputs, api_visibility="private")]
         clear.click(lambda: ([], "", gr.update(choices=[], value=None), "", [], [], gr.update(value=[]), ""),

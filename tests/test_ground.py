@@ -89,9 +89,21 @@ def test_generated_answers_fall_back_when_they_fail(engine):
     empty = run("")
     assert empty.fallback_reason == "the model produced no answer"
     vague = run("格尔木昆仑经济技术开发区在全国排名靠前[1]。")
-    assert vague.mode == "extractive-fallback" and "figure" in vague.fallback_reason
+    assert vague.mode == "extractive-fallback" and "left out" in vague.fallback_reason
     unanswerable = engine.ask("西宁地铁什么时候开通？")
     skipped = generate_answer(engine.index, "西宁地铁什么时候开通？", "西宁地铁什么时候开通？",
                               engine.search("西宁地铁什么时候开通？"), engine.settings, unanswerable,
                               stream=iter(["西宁地铁将于2025年开通[1]。"]))
     assert skipped.refused and "not asked" in skipped.fallback_reason
+
+
+@pytest.mark.parametrize("sentence, excerpt, shown", [
+    ("西宁排第8名", "西宁位列全国第八名。", "西宁排第八名"),
+    ("钾肥占全国百分之八十", "钾肥产量占全国产量的80％", "钾肥占全国80％"),
+    ("签订合同１８２份", "签订电子劳动合同182份。", "签订合同182份"),
+    ("位列128位", "位列128位", "位列128位"),
+])
+def test_numbers_are_shown_in_the_sources_own_form(sentence, excerpt, shown):
+    from rag.ground import source_forms
+
+    assert source_forms(sentence, [excerpt]) == shown

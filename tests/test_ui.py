@@ -184,3 +184,13 @@ def test_missing_index_is_a_message_in_the_chat(browser, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_local_model_mode_streams_then_shows_the_checked_answer(page):
+    pytest.importorskip("llama_cpp")
+    page.get_by_text("设置").click()
+    page.locator("#answer-mode").get_by_text("本地模型改写", exact=False).click()
+    _ask(page, "试点企业签了多少份电子劳动合同？", "182", timeout=120_000)
+    page.locator("#answer-sources").get_by_text("[1]", exact=False).first.wait_for(timeout=120_000)
+    chat = page.locator("#chat").inner_text()
+    assert "核对中" not in chat and "182" in chat and "[1]" in chat
