@@ -5,7 +5,6 @@ import argparse
 import json
 import logging
 import sys
-from pathlib import Path
 from typing import Sequence
 
 from .errors import BadInput, RagError
@@ -295,6 +294,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="rag: %(message)s")
     logging.getLogger("rag").setLevel(logging.WARNING if args.quiet else logging.INFO)
+    for noisy in ("bm25s", "faiss", "faiss.loader", "sentence_transformers", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     if hasattr(args, "k") and args.k is not None and not 1 <= args.k <= 100:
         print(f"rag: error: --k must be between 1 and 100, got {args.k}", file=sys.stderr)
         return 2

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from .zh import fold_width, is_han, split_sentences
+from .zh import bigram_share, fold_width, is_han, split_sentences
 
 __all__ = ["GroundedAnswer", "normalize_numbers", "facts_in", "support", "check_answer", "source_forms",
            "REFUSAL_RE"]
@@ -70,18 +70,9 @@ def facts_in(sentence: str) -> list[str]:
     return facts
 
 
-def _bigrams(text: str) -> set[str]:
-    chars = [c for c in normalize_numbers(text) if is_han(c) or c.isalnum()]
-    return {chars[i] + chars[i + 1] for i in range(len(chars) - 1)}
-
-
 def support(sentence: str, excerpt: str) -> float:
     """Share of the sentence's character bigrams that the excerpt contains (lexical support)."""
-    grams = _bigrams(sentence)
-    if not grams:
-        return 0.0
-    have = _bigrams(excerpt)
-    return sum(1 for g in grams if g in have) / len(grams)
+    return bigram_share(normalize_numbers(sentence), normalize_numbers(excerpt), digits_only=False)
 
 
 def _fact_ok(fact: str, excerpts: list[str]) -> bool:

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from .types import Segment
 from .zh import CLOSERS, ends_sentence, is_cjk_punct, is_han
 
-__all__ = ["Paragraph", "remove_ocr_spaces", "should_join", "repair_page", "repair_text", "BLOCK_START_RE", "BYLINE_LINE_RE"]
+__all__ = ["Paragraph", "remove_ocr_spaces", "should_join", "repair_page", "repair_text", "slice_segments",
+           "BLOCK_START_RE", "BYLINE_LINE_RE"]
 
 # Lines that always begin a new block: bylines, news-agency leads, continuations, captions.
 BLOCK_START_RE = re.compile(
@@ -166,15 +167,15 @@ def _split_lines(raw: str) -> list[_Line]:
         cut = _EMBEDDED_START_RE.search(text)
         if cut and cut.start() > 0:
             head, tail = text[:cut.start()], text[cut.end():]
-            out.append(_Line(head, tuple(_slice(segs, 0, len(head))), line_no, blanks))
-            out.append(_Line(tail, tuple(_slice(segs, cut.end(), len(text))), line_no, 0))
+            out.append(_Line(head, tuple(slice_segments(segs, 0, len(head))), line_no, blanks))
+            out.append(_Line(tail, tuple(slice_segments(segs, cut.end(), len(text))), line_no, 0))
         else:
             out.append(_Line(text, tuple(segs), line_no, blanks))
         blanks = 0
     return out
 
 
-def _slice(segs: list[Segment] | tuple[Segment, ...], a: int, b: int, shift: int | None = None) -> list[Segment]:
+def slice_segments(segs: list[Segment] | tuple[Segment, ...], a: int, b: int, shift: int | None = None) -> list[Segment]:
     """Segments of text[a:b], re-based so that a becomes 0 (or ``shift``)."""
     base = -a if shift is None else shift - a
     out = []
@@ -205,7 +206,7 @@ def repair_page(raw: str) -> list[Paragraph]:
                 and ln.text[0].isalpha() else ""
             base = len(cur_text) + len(joiner)
             cur_text += joiner + ln.text
-            cur_segs.extend(_slice(ln.segments, 0, len(ln.text), shift=base))
+            cur_segs.extend(slice_segments(ln.segments, 0, len(ln.text), shift=base))
         else:
             if cur_text:
                 paras.append(Paragraph(cur_text, tuple(cur_segs), cur_line, cur_gap))

@@ -8,12 +8,12 @@ beside another article's byline.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import PurePath
 
-from .repair import BYLINE_LINE_RE, Paragraph, _slice, repair_page
+from .repair import BYLINE_LINE_RE, Paragraph, repair_page, slice_segments
 from .types import Article, Segment
-from .zh import ends_sentence, is_han, split_sentences
+from .zh import bigram_share, char_bigrams, ends_sentence, split_sentences
 
 __all__ = ["segment_page", "headline_similarity"]
 
@@ -28,16 +28,7 @@ _MAX_HEADLINE = 40
 
 def headline_similarity(headline: str, text: str) -> float:
     """Share of the headline's character bigrams (Chinese characters and digits) found in ``text``."""
-    grams = _bigrams(headline)
-    if not grams:
-        return 0.0
-    body = _bigrams(text)
-    return sum(1 for g in grams if g in body) / len(grams)
-
-
-def _bigrams(text: str) -> set[str]:
-    chars = [c for c in text if is_han(c) or c.isdigit()]
-    return {chars[i] + chars[i + 1] for i in range(len(chars) - 1)}
+    return bigram_share(headline, text)
 
 
 @dataclass
@@ -134,7 +125,7 @@ def _caption_records(paras: list[Paragraph], flags: list[str]) -> list[list[Para
 
 
 def _strip_prefix(text: str, segs: tuple[Segment, ...], n: int) -> tuple[str, tuple[Segment, ...]]:
-    return text[n:], tuple(_slice(segs, n, len(text)))
+    return text[n:], tuple(slice_segments(segs, n, len(text)))
 
 
 def segment_page(raw: str, source: str) -> list[Article]:
@@ -223,14 +214,14 @@ def segment_page(raw: str, source: str) -> list[Article]:
             candidates.append(next_run)
         target = None
         if candidates:
-            scored = sorted(candidates, key=lambda r: -headline_similarity(title, _lead(r)))
+            scored = sorted(candidates, key=lambda r: -headline_similarity(title, r.text))
             target = scored[0]
-            best = headline_similarity(title, _lead(target))
+            best = headline_similarity(title, target.text)
             # a headline printed far from its story: take an untitled run elsewhere that it fits clearly better
             others = [r for r in runs if r.title is None and r.merged_into is None and r not in candidates]
             if others:
-                far = max(others, key=lambda r: headline_similarity(title, _lead(r)))
-                far_score = headline_similarity(title, _lead(far))
+                far = max(others, key=lambda r: headline_similarity(title, r.text))
+                far_score = headline_similarity(title, far.text)
                 if far_score >= 0.5 and far_score > 1.5 * best + 0.1:
                     target = far
         elif prev_root is not None:
@@ -263,22 +254,12 @@ def segment_page(raw: str, source: str) -> list[Article]:
         segs: list[Segment] = []
         pos = 0
         for p in group:
-            segs.extend(_slice(p.segments, 0, len(p.text), shift=pos))
+            segs.extend(slice_segments(p.segments, 0, len(p.text), shift=pos))
             pos += len(p.text) + 1
         articles.append(Article(article_id="", title=_provisional_title(text), text=text, source=source,
                                 kind="caption", provisional_title=True, segments=tuple(segs)))
     articles.sort(key=lambda a: a.segments[0].raw_start if a.segments else 0)
-    return [_with_id(a, f"{stem}-{k:02d}") for k, a in enumerate(articles, start=1)]
-
-
-def _with_id(a: Article, article_id: str) -> Article:
-    from dataclasses import replace
-
-    return replace(a, article_id=article_id)
-
-
-def _lead(run: _Run) -> str:
-    return run.text
+    return [replace(a, article_id=f"{stem}-{k:02d}") for k, a in enumerate(articles, start=1)]
 
 
 def _closed_later(items: list, i: int) -> bool:
@@ -304,7 +285,7 @@ def _split_run(run: _Run, title: str, items: list, runs: list[_Run]) -> _Run | N
     for k in range(1, len(texts)):
         if sum(diffs[k:]) - sum(diffs[:k]) <= 0:
             continue
-        before, after = _bigrams("".join(texts[max(0, k - 2):k])), _bigrams("".join(texts[k:k + 2]))
+        before, after = char_bigrams("".join(texts[max(0, k - 2):k])), char_bigrams("".join(texts[k:k + 2]))
         overlap = len(before & after) / max(1, len(before | after))
         if overlap < best_overlap:
             best_k, best_overlap = k, overlap
@@ -325,7 +306,7 @@ def _join(run: _Run) -> tuple[str, tuple[Segment, ...]]:
     for t, s in run.paras:
         if text:
             text += "\n"
-        segs.extend(_slice(s, 0, len(t), shift=len(text)))
+        segs.extend(slice_segments(s, 0, len(t), shift=len(text)))
         text += t
     return text, tuple(segs)
 

@@ -10,7 +10,7 @@ from typing import Iterable
 
 __all__ = [
     "is_han", "is_cjk_punct", "TERMINAL", "ends_sentence", "split_sentences", "fold_width",
-    "tokenize", "words", "add_user_words", "extract_terms", "numbers_in", "STOPWORDS",
+    "tokenize", "words", "add_user_words", "char_bigrams", "bigram_share", "extract_terms", "numbers_in", "STOPWORDS",
 ]
 
 _HAN_RANGES = ((0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF), (0x20000, 0x2FA1F))
@@ -130,22 +130,28 @@ def extract_terms(text: str) -> set[str]:
     return {m.group(1) for m in _TERM_RE.finditer(text)}
 
 
-def words(text: str) -> list[str]:
-    """Content words in jieba's precise mode (no overlapping parts), numbers whole, stopwords dropped."""
+def _jieba_tokens(text: str, search: bool) -> list[str]:
+    """Width-folded, lower-cased jieba words with numbers and Latin words whole, stopwords and
+    punctuation dropped; ``search`` adds the parts of long words (jieba's search mode)."""
     jb = _jieba()
     text = unicodedata.normalize("NFKC", fold_width(text))
     out: list[str] = []
     for i, part in enumerate(_TOKEN_SPLIT_RE.split(text)):
         if not part:
             continue
-        if i % 2 == 1:
+        if i % 2 == 1:  # a number or a Latin word
             out.append(part.lower())
             continue
-        for w in jb.lcut(part, HMM=False):
+        for w in (jb.cut_for_search(part) if search else jb.lcut(part, HMM=False)):
             w = w.strip()
             if w and w not in STOPWORDS and any(is_han(c) or c.isalnum() for c in w):
                 out.append(w.lower())
     return out
+
+
+def words(text: str) -> list[str]:
+    """Content words in jieba's precise mode (no overlapping parts), numbers whole, stopwords dropped."""
+    return _jieba_tokens(text, search=False)
 
 
 def tokenize(text: str) -> list[str]:
@@ -156,18 +162,19 @@ def tokenize(text: str) -> list[str]:
 
 @lru_cache(maxsize=4096)
 def _tokenize_cached(text: str) -> tuple[str, ...]:
-    jb = _jieba()
-    text = unicodedata.normalize("NFKC", fold_width(text))
-    tokens: list[str] = []
-    for i, part in enumerate(_TOKEN_SPLIT_RE.split(text)):
-        if not part:
-            continue
-        if i % 2 == 1:  # a number or a Latin word
-            tokens.append(part.lower())
-            continue
-        for w in jb.cut_for_search(part):
-            w = w.strip()
-            if not w or w in STOPWORDS or not any(is_han(c) or c.isalnum() for c in w):
-                continue
-            tokens.append(w.lower())
-    return tuple(tokens)
+    return tuple(_jieba_tokens(text, search=True))
+
+
+def char_bigrams(text: str, *, digits_only: bool = True) -> set[str]:
+    """Bigrams of the Chinese characters and digits (or all letters and digits) of a text."""
+    chars = [c for c in text if is_han(c) or (c.isdigit() if digits_only else c.isalnum())]
+    return {chars[i] + chars[i + 1] for i in range(len(chars) - 1)}
+
+
+def bigram_share(part: str, whole: str, *, digits_only: bool = True) -> float:
+    """Share of ``part``'s character bigrams that ``whole`` also contains (0 when it has none)."""
+    grams = char_bigrams(part, digits_only=digits_only)
+    if not grams:
+        return 0.0
+    have = char_bigrams(whole, digits_only=digits_only)
+    return sum(1 for g in grams if g in have) / len(grams)

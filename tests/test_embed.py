@@ -12,7 +12,6 @@ from rag.bundled import bundled_weight_path, dequantize_q4_0, read_e5_file
 from rag.errors import ModelError
 from rag.zh import split_sentences
 
-from .conftest import run_cli
 
 
 @pytest.fixture(scope="session")
