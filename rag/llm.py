@@ -116,7 +116,7 @@ class LocalLLM:
         t0 = time.perf_counter()
         try:
             self.model = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=max(1, os.cpu_count() or 1),
-                               n_batch=512, verbose=False)
+                               n_batch=512, flash_attn=True, verbose=False)
         except (ValueError, RuntimeError, OSError) as exc:
             raise ModelError(f"cannot load local model {path}: {exc}") from None
         self.load_seconds = time.perf_counter() - t0
