@@ -95,7 +95,7 @@ def _engine(args: argparse.Namespace, **overrides):
 
     if getattr(args, "no_rerank", False):
         overrides["rerank"] = False
-    return get_engine(args.index, settings=_settings(args), **overrides)
+    return get_engine(args.index, settings=_settings(args), model=args.model, **overrides)
 
 
 def _check_first(text: str | None) -> None:

@@ -198,21 +198,24 @@ _engines_lock = threading.Lock()
 
 
 def get_engine(index_dir: str | Path = "index", *, seeds: str | Path | None = None,
-               settings: Settings | None = None, **overrides) -> Engine:
+               settings: Settings | None = None, model: str | None = None, **overrides) -> Engine:
     """Load an index (once per process) and pair it with its encoder.
 
-    Settings come from the index manifest; ``overrides`` (retriever, top_k, ...) change the query-time
-    ones. With ``seeds`` given, a stale index is refused with a message saying to rebuild.
+    What shaped the index (model, chunking) comes from its manifest; the query-time settings come
+    from ``settings`` (default: today's defaults) and ``overrides`` (retriever, top_k, answer_mode…).
+    With ``model`` given, an index built with another model is refused; with ``seeds`` given, a
+    stale index is refused, each with a message saying what to run.
     """
-    key = (str(Path(index_dir).resolve()), tuple(sorted(overrides.items())),
-           settings.model if settings else None)
+    base = settings or Settings()
+    key = (str(Path(index_dir).resolve()), model, tuple(sorted(base.to_dict().items())),
+           tuple(sorted(overrides.items())))
     with _engines_lock:
         engine = _engines.get(key)
         if engine is None:
-            index = load_index(index_dir, model=settings.model if settings else None)
-            # what shaped the index comes from its manifest; query-time settings are today's
-            base = settings or Settings()
-            merged = base.replace(**{name: getattr(index.settings, name) for name in INDEX_SETTINGS}, **overrides)
+            index = load_index(index_dir, model=model)
+            shaped = {name: getattr(index.settings, name) for name in INDEX_SETTINGS}
+            shaped["model"] = index.model  # the model the manifest says built the vectors
+            merged = base.replace(**shaped, **overrides)
             engine = Engine(index, merged)
             _engines[key] = engine
     if seeds is not None:

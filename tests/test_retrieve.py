@@ -83,3 +83,21 @@ def test_cli_search_errors_are_one_line(args, message):
     proc = run_cli(*args)
     assert proc.returncode != 0
     assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_cli_refuses_an_index_built_with_another_model(index_dir, tmp_path):
+    import json
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(index_dir, other)
+    m = json.loads((other / "manifest.json").read_text(encoding="utf-8"))
+    m["model"]["name"] = "BAAI/bge-small-zh-v1.5"
+    (other / "manifest.json").write_text(json.dumps(m), encoding="utf-8")
+    proc = run_cli("search", "格尔木", "--index", str(other), "--model", "bundled:multilingual-e5-small")
+    assert proc.returncode == 1 and "built with model 'BAAI/bge-small-zh-v1.5'" in proc.stderr
+    assert "rag index --model" in proc.stderr and "Traceback" not in proc.stderr
+    # without --model the index's own model is used; here it cannot be fetched offline: a clear error
+    proc = run_cli("search", "格尔木", "--index", str(other), env={"HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 1 and "cannot load encoder model 'BAAI/bge-small-zh-v1.5'" in proc.stderr
+    assert "Traceback" not in proc.stderr
