@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from dataclasses import dataclass
 
 from .config import Settings
 from .index import Index
-from .query import SOFT_TERMS, QuestionInfo, analyze_question, fact_match
+from .query import analyze_question, fact_match, term_coverage
 from .retrieve import term_idf
 from .types import Answer, Citation, Hit
 from .zh import fold_width, numbers_in, split_sentences
@@ -44,31 +45,6 @@ def _corpus_text(index: Index) -> str:
     return _blobs[key]
 
 
-def _coverage(info: QuestionInfo, text: str, context: str, idf: dict[str, float], unknown_idf: float,
-              corpus: str = "") -> float:
-    """IDF-weighted share of the question's terms in the text (terms only in the article count half;
-    generic question nouns count little; a term the newspapers never mention counts extra)."""
-    s, c = fold_width(text).lower(), fold_width(context).lower()
-    total = got = 0.0
-    han = sum(1 for ch in info.text if "\u4e00" <= ch <= "\u9fff")
-    english = han < sum(1 for ch in info.text if ch.isascii() and ch.isalpha())
-    for t in info.terms:
-        w = idf.get(t, unknown_idf) * (0.3 if t in SOFT_TERMS else 1.0)
-        if corpus and t not in corpus and t not in SOFT_TERMS:
-            # in an English question, a word the Chinese sources never use says little; in a
-            # Chinese question, a word they never use (地铁, GDP) is a concept they do not cover
-            w *= 0.3 if t.isascii() and english else 1.5
-        total += w
-        if t in s:
-            got += w
-        elif t in c:
-            got += 0.5 * w
-    for num in info.numbers:  # a number in the question must be in the evidence, with its unit;
-        total += 3.0          # finding it there is a constraint met, not an answer: an ordinary weight
-        got += 3.0 if num in s else 0.0
-    return got / total if total else 0.0
-
-
 def _windows(text: str, start: int, end: int) -> list[tuple[int, int]]:
     """The sentence and its windows of consecutive clauses (for trimming long sentences)."""
     spans = [(start, end)]
@@ -83,8 +59,28 @@ def _windows(text: str, start: int, end: int) -> list[tuple[int, int]]:
     return spans
 
 
+_scored: dict[tuple, list[Candidate]] = {}
+_scored_lock = threading.Lock()
+
+
 def score_sentences(index: Index, question: str, hits: list[Hit]) -> list[Candidate]:
-    """Every sentence of the hits (and, for long ones, their clause windows), best first."""
+    """Every sentence of the hits (and, for long ones, their clause windows), best first.
+
+    The last few results are kept, since the extractive answer and the local model's excerpts
+    are both drawn from the same scoring of the same hits."""
+    key = (id(index), question, tuple((h.rank, h.chunk.chunk_id) for h in hits))
+    with _scored_lock:
+        found = _scored.get(key)
+    if found is None:
+        found = _score_sentences(index, question, hits)
+        with _scored_lock:
+            while len(_scored) >= 16:
+                _scored.pop(next(iter(_scored)))
+            _scored[key] = found
+    return found
+
+
+def _score_sentences(index: Index, question: str, hits: list[Hit]) -> list[Candidate]:
     info = analyze_question(question)
     idf = term_idf(index)
     unknown_idf = math.log(1 + max(1, len(index.chunks)))
@@ -100,7 +96,7 @@ def score_sentences(index: Index, question: str, hits: list[Hit]) -> list[Candid
             spans = _windows(art.text, a0, a1) if info.kind in ("count", "rank", "date") else [(a0, a1)]
             for w0, w1 in spans:
                 t = art.text[w0:w1]
-                cov = _coverage(info, t, context, idf, unknown_idf, corpus)
+                cov = term_coverage(info, t, idf, context=context, unknown_idf=unknown_idf, corpus=corpus)
                 fact = fact_match(info, t)
                 # shorter windows only win when they keep the evidence: a small length penalty
                 score = cov * (1 + 0.5 * fact) + prior - 0.0008 * len(t)

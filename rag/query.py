@@ -7,7 +7,8 @@ from functools import lru_cache
 
 from .zh import fold_width, numbers_in, words
 
-__all__ = ["QuestionInfo", "analyze_question", "fact_match", "sentence_coverage"]
+__all__ = ["QuestionInfo", "analyze_question", "fact_match", "term_coverage", "SOFT_TERMS", "is_followup",
+           "resolve_followup"]
 
 _NUM = r"(?:\d+(?:\.\d+)?|[一二三四五六七八九十百千万两]+)"
 # what the question asks for, recognised from its wording
@@ -100,21 +101,28 @@ def fact_match(info: QuestionInfo, sentence: str) -> float:
     return 0.0
 
 
-def sentence_coverage(info: QuestionInfo, sentence: str, idf: dict[str, float], context: str = "") -> float:
-    """IDF-weighted share of the question's terms found in the sentence (terms only in ``context``,
-    e.g. the article title, count half)."""
-    if not info.terms:
-        return 0.0
-    s = fold_width(sentence).lower()
-    c = fold_width(context).lower()
+def term_coverage(info: QuestionInfo, text: str, idf: dict[str, float], *, context: str = "",
+                  unknown_idf: float = 5.0, corpus: str = "") -> float:
+    """IDF-weighted share of the question's terms in the text (terms only in the article count half;
+    generic question nouns count little; a term the newspapers never mention counts extra)."""
+    s, c = fold_width(text).lower(), fold_width(context).lower()
     total = got = 0.0
+    han = sum(1 for ch in info.text if "\u4e00" <= ch <= "\u9fff")
+    english = han < sum(1 for ch in info.text if ch.isascii() and ch.isalpha())
     for t in info.terms:
-        w = idf.get(t, 1.0)
+        w = idf.get(t, unknown_idf) * (0.3 if t in SOFT_TERMS else 1.0)
+        if corpus and t not in corpus and t not in SOFT_TERMS:
+            # in an English question, a word the Chinese sources never use says little; in a
+            # Chinese question, a word they never use (地铁, GDP) is a concept they do not cover
+            w *= 0.3 if t.isascii() and english else 1.5
         total += w
         if t in s:
             got += w
         elif t in c:
             got += 0.5 * w
+    for num in info.numbers:  # a number in the question must be in the evidence, with its unit;
+        total += 3.0          # finding it there is a constraint met, not an answer: an ordinary weight
+        got += 3.0 if num in s else 0.0
     return got / total if total else 0.0
 
 

@@ -6,7 +6,7 @@ import numpy as np
 from .config import Settings
 from .errors import BadInput
 from .index import Index
-from .query import analyze_question, fact_match, sentence_coverage
+from .query import analyze_question, fact_match, term_coverage
 from .types import Hit
 from .zh import is_han, split_sentences, tokenize
 
@@ -95,6 +95,7 @@ def rerank(index: Index, query: str, ranked: list[tuple[int, float]], depth: int
         return ranked
     info = analyze_question(query)
     idf = term_idf(index)
+    unknown_idf = float(np.log(1 + max(1, len(index.chunks))))
     top = ranked[:depth]
     best_fused = top[0][1] or 1.0
     rescored = []
@@ -104,9 +105,9 @@ def rerank(index: Index, query: str, ranked: list[tuple[int, float]], depth: int
         best = 0.0
         for s, e in split_sentences(chunk.text):
             sent = chunk.text[s:e]
-            cov = sentence_coverage(info, sent, idf, title)
+            cov = term_coverage(info, sent, idf, context=title, unknown_idf=unknown_idf)
             best = max(best, cov * (1 + 0.5 * fact_match(info, sent)))
-        whole = sentence_coverage(info, chunk.text, idf, title)
+        whole = term_coverage(info, chunk.text, idf, context=title, unknown_idf=unknown_idf)
         rescored.append((row, fused / best_fused + best + 0.5 * whole))
     rescored.sort(key=lambda x: (-x[1], x[0]))
     return rescored + ranked[depth:]
