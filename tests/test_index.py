@@ -168,3 +168,17 @@ def test_large_indexes_switch_to_hnsw_and_record_it(tmp_path, encoder):
     assert m["dense_index"] == "hnsw-flat-ip" and m["settings"]["exact_search_max"] == 1
     hits = get_engine(tmp_path / "index").search("垃圾分类投放点新建多少个？", k=2)
     assert hits and "120" in hits[0].chunk.text
+
+
+def test_adding_a_bad_page_changes_nothing(index_dir, tmp_path):
+    from .conftest import run_cli
+
+    target = tmp_path / "index"
+    shutil.copytree(index_dir, target)
+    before = (target / "manifest.json").read_text(encoding="utf-8")
+    proc = run_cli("index", "--add", str(DATA / "pages" / "binary.txt"), "--index", str(target),
+                   "--seeds", str(tmp_path / "seeds"))
+    assert proc.returncode == 1 and "binary.txt: looks like a binary file" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert (target / "manifest.json").read_text(encoding="utf-8") == before
+    assert not (tmp_path / "seeds").exists()
