@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from .zh import bigram_share, fold_width, is_han, split_sentences
+from .zh import MEASURE_WORDS, bigram_share, fold_width, is_han, split_sentences
 
 __all__ = ["GroundedAnswer", "normalize_numbers", "facts_in", "support", "check_answer", "source_forms",
            "REFUSAL_RE"]
@@ -54,7 +54,7 @@ def normalize_numbers(text: str) -> str:
         # keep words that merely contain numerals (一些, 一线, 统一, 第一); convert numeral runs
         # followed by a measure word or standing as amounts
         after = t[m.end():m.end() + 1]
-        if len(s) == 1 and s in "一两" and after not in "个名家位人项台场套份次件万亿元吨天年月日级岁倍条所批类户":
+        if len(s) == 1 and s in "一两" and after not in set(MEASURE_WORDS):
             return s
         n = _cn_to_int(s)
         return str(n) if n is not None else s
@@ -149,7 +149,7 @@ def check_answer(answer: str, excerpts: list[str], *, min_support: float = 0.4) 
 
 
 _DIGITS_RE = re.compile(r"百分之[零〇一二两三四五六七八九十百\d.]+|[0-9０-９]+(?:[.．][0-9０-９]+)?[%％]?")
-_CN_COUNT_RE = re.compile(r"(?<=第)[零〇一二两三四五六七八九十百千]+|[零〇一二两三四五六七八九十百千]+(?=[个名家位人项台场套份次件万亿元吨天年月日级岁倍条所批类户])")
+_CN_COUNT_RE = re.compile(r"(?<=第)[零〇一二两三四五六七八九十百千]+|[零〇一二两三四五六七八九十百千]+(?=[" + MEASURE_WORDS + "])")
 
 
 def source_forms(sentence: str, excerpts: list[str]) -> str:

@@ -5,7 +5,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .zh import fold_width, numbers_in, words
+from .zh import MEASURE_WORDS, fold_width, numbers_in, words
 
 __all__ = ["QuestionInfo", "analyze_question", "fact_match", "term_coverage", "SOFT_TERMS", "is_followup",
            "resolve_followup"]
@@ -20,16 +20,16 @@ _BENEFIT_Q = re.compile(r"好处|益处|便利|优势|作用|意义|帮助|有�
 _BENEFIT_A = re.compile(r"有利于|利于|便捷|高效|方便|节约|降低|提高|提升|减少|避免|无纸化|零跑腿|随时随地|省时|省力|优化|保障|维护")
 _DATE_IN_TEXT = re.compile(r"\d{4}年(?:\d{1,2}月)?(?:\d{1,2}日)?|\d{1,2}月(?:\d{1,2}日)?|\d{1,2}日")
 _WHO_Q = re.compile(r"谁|哪位|哪个单位|哪家|哪所|哪个部门|什么人|哪里|在哪")
-_MEASURE_RE = re.compile(r"(?:多少|几)([个名家位人项台场套份次件万亿元吨天年月日级岁倍条所批类户间座辆钱]?)")
+_MEASURE_RE = re.compile(rf"(?:多少|几)([{MEASURE_WORDS}钱]?)")
 
 _RANK_A = re.compile(rf"第{_NUM}|位列|\d+位|排名|居全国|排第")
 _DATE_A = re.compile(r"\d{4}年|\d{1,2}月\d{1,2}日|\d{1,2}月|\d{1,2}日")
-_NUMBER_A = re.compile(rf"{_NUM}\s*(?:%|％|[个名家位人项台场套份次件万亿元吨天年月日级岁倍条所批类户间座辆])|\d")
+_NUMBER_A = re.compile(rf"{_NUM}\s*(?:%|％|[{MEASURE_WORDS}])|\d")
 
 
 _QUESTION_WORDS = {"第几", "几", "排", "多少", "多大", "有多大", "什么时候", "时候", "哪些", "哪天", "是不是", "排名第几",
                    "这次", "这个", "如果", "是否"}
-_WEAK_CHARS = set("个名家位人项台场套份次件元吨天年月日级岁倍条所批类户间座辆里要排有给到用钱")
+_WEAK_CHARS = (set(MEASURE_WORDS) - set("万亿")) | set("里要排有给到用钱")
 # measure words that count the same things ("多少名" is answered by "73人")
 _SAME_MEASURE = {"名": "名人位", "人": "人名位", "位": "位名人", "个": "个项处家所", "项": "项个", "钱": "元",
                  "家": "家个户所"}

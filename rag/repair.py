@@ -24,7 +24,6 @@ BYLINE_LINE_RE = re.compile(r"^([□■►▶●◆]\s*\S.{0,30}|[（(]\s*(特�
 _NAME_RE = re.compile(r"^[\u4e00-\u9fff]{2,4}$")
 # A news lead glued to the end of a headline on the same line: "爱路护路宣传进校园 本报讯（记者…）".
 _EMBEDDED_START_RE = re.compile(r"\s+(?=本报讯[（(])")
-_OPENERS = "“‘「『（(《【"
 _PAIRS = {"“": "”", "‘": "’", "「": "」", "『": "』", "（": "）", "(": ")", "《": "》", "【": "】"}
 
 

@@ -43,7 +43,6 @@ class _Run:
     byline: str | None = None
     title: str | None = None
     subtitle: str | None = None
-    title_after: bool = False
     merged_into: "_Run | None" = None
 
     @property
@@ -231,7 +230,6 @@ def segment_page(raw: str, source: str) -> list[Article]:
         if target is None:
             continue
         target.title, target.subtitle = title, subtitle
-        target.title_after = target is prev_root
         if trailing_name and not target.byline:
             target.byline = trailing_name
 

@@ -9,13 +9,15 @@ from pathlib import Path
 from typing import Iterable
 
 __all__ = [
-    "is_han", "is_cjk_punct", "TERMINAL", "ends_sentence", "split_sentences", "fold_width",
+    "is_han", "is_cjk_punct", "TERMINAL", "MEASURE_WORDS", "ends_sentence", "split_sentences", "fold_width",
     "tokenize", "words", "add_user_words", "char_bigrams", "bigram_share", "extract_terms", "numbers_in", "STOPWORDS",
 ]
 
 _HAN_RANGES = ((0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF), (0x20000, 0x2FA1F))
 CJK_PUNCT = set("，。、；：？！“”‘’（）《》〈〉【】『』「」—…·．～﹃﹄〔〕")
 TERMINAL = "。！？!?；;…"
+# measure words that follow a count ("46个", "73人", "3200万元")
+MEASURE_WORDS = "个名家位人项台场套份次件万亿元吨天年月日级岁倍条所批类户间座辆"
 CLOSERS = "”’」』）)》】\"'"
 
 
