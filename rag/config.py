@@ -56,6 +56,10 @@ class Settings:
     answer_mode: AnswerMode = "extractive"
     llm_model: str | None = None  # a GGUF path; None: $RAG_LLM_MODEL, else the bundled default
     llm_max_tokens: int = 120
+    llm_timeout_s: float = 20.0  # counted from when the model starts writing, not from the queue
+    # let llama.cpp repack weights into CPU-specific buffers (AMX…); None: $RAG_LLM_EXTRA_BUFTS, else off,
+    # because llama.cpp's AMX matmul crashes on some CPUs
+    llm_extra_bufts: bool | None = None
 
     def __post_init__(self) -> None:
         if self.answer_mode not in ("extractive", "llm"):

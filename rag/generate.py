@@ -4,6 +4,7 @@ extractive answer is returned with the reason."""
 from __future__ import annotations
 
 import re
+import threading
 import time
 from dataclasses import replace
 from typing import Callable, Iterator
@@ -15,7 +16,14 @@ from .ground import REFUSAL_RE, check_answer, facts_in, normalize_numbers, sourc
 from .index import Index
 from .types import Answer, Hit
 
-__all__ = ["generate_answer"]
+__all__ = ["generate_answer", "NOT_ASKED", "MODEL_UNAVAILABLE", "MODEL_FAILED", "NOT_FINISHED"]
+
+
+# the start of each fallback reason (the rest says what happened)
+NOT_ASKED = "the sources do not answer this question; the model was not asked"
+MODEL_UNAVAILABLE = "local model unavailable"
+MODEL_FAILED = "the local model failed"
+NOT_FINISHED = "the model's answer was not finished"
 
 
 def _fallback(extractive: Answer, reason: str, check: dict | None = None, timings: dict | None = None) -> Answer:
@@ -25,38 +33,56 @@ def _fallback(extractive: Answer, reason: str, check: dict | None = None, timing
 
 def generate_answer(index: Index, question: str, query: str, hits: list[Hit], settings: Settings,
                     extractive: Answer, *, on_delta: Callable[[str], None] | None = None,
+                    on_status: Callable[[dict], None] | None = None, cancel: threading.Event | None = None,
                     stream: Iterator[str] | None = None) -> Answer:
     """The local model's answer, checked; or the extractive answer with ``fallback_reason``.
 
-    ``query`` is the standalone (follow-up-resolved) question the model is asked; ``stream`` lets
-    tests supply the model's output.
+    ``query`` is the standalone (follow-up-resolved) question the model is asked. Only a generation
+    the model finished itself is checked: one cut by the token or time limit, stopped (``cancel``)
+    or ended by the worker's death is never repaired into an answer. ``on_status`` hears the
+    worker's queue state; ``stream`` lets tests supply the model's output (a plain iterator counts
+    as finished when it is exhausted).
     """
     if extractive.refused:
-        return _fallback(extractive, "the sources do not answer this question; the model was not asked")
+        return _fallback(extractive, NOT_ASKED)
     spans = evidence_sentences(index, query, hits)
     excerpts = [index.articles[a].text[s:e] for a, s, e in spans]
     t0 = time.perf_counter()
     first_ms = None
     pieces: list[str] = []
+    finish, detail = "stop", ""
     try:
         if stream is None:
             from .llm import build_messages, get_llm
 
-            llm = get_llm(settings.llm_model, settings.cache_path())
-            stream = llm.stream(build_messages(query, excerpts), max_tokens=settings.llm_max_tokens)
+            llm = get_llm(settings.llm_model, settings.cache_path(), extra_bufts=settings.llm_extra_bufts)
+            stream = llm.generate(build_messages(query, excerpts), max_tokens=settings.llm_max_tokens,
+                                  timeout_s=settings.llm_timeout_s, cancel=cancel, on_status=on_status)
         limit = 8 * settings.llm_max_tokens  # characters: an answer that runs on is cut off here
-        for piece in stream:
-            if first_ms is None:
-                first_ms = round((time.perf_counter() - t0) * 1000, 1)
-            pieces.append(piece)
-            if on_delta:
-                on_delta(piece)
-            if sum(map(len, pieces)) > limit:
-                break
+        try:
+            for piece in stream:
+                if first_ms is None:
+                    first_ms = round((time.perf_counter() - t0) * 1000, 1)
+                pieces.append(piece)
+                if on_delta:
+                    on_delta(piece)
+                if sum(map(len, pieces)) > limit:
+                    finish, detail = "length", f"the answer ran past {limit} characters"
+                    break
+        finally:
+            if hasattr(stream, "close"):
+                stream.close()
+        if finish == "stop":
+            finish = getattr(stream, "finish_reason", None) or "stop"
+            detail = getattr(stream, "detail", "")
     except ModelError as exc:
-        return _fallback(extractive, f"local model unavailable: {exc}")
+        return _fallback(extractive, f"{MODEL_UNAVAILABLE}: {exc}")
     timings = {"first_token_ms": first_ms or 0.0, "generate_ms": round((time.perf_counter() - t0) * 1000, 1)}
     text = "".join(pieces).strip()
+    if finish != "stop":  # an unfinished answer is never checked, repaired or shown
+        check = {"model_answer": text, "finish_reason": finish}
+        reason = MODEL_FAILED if finish in ("crashed", "hung", "error") else NOT_FINISHED
+        return _fallback(extractive, f"{reason}: {detail or finish}", check, timings)
     if not text:
         return _fallback(extractive, "the model produced no answer", timings=timings)
     grounded = check_answer(text, excerpts)

@@ -76,13 +76,18 @@ def support(sentence: str, excerpt: str) -> float:
 
 
 def _fact_ok(fact: str, excerpts: list[str]) -> bool:
+    """A fact holds if an excerpt states it: a number as a whole number of the excerpt (``24.7`` is
+    not ``24.74``, ``20`` is not part of ``2023-2025``, ``12`` is not ``128``), a name as written."""
     f = normalize_numbers(fact).replace(" ", "")
+    number = re.fullmatch(r"\d+(?:\.\d+)?%?", f) is not None
     for e in excerpts:
         e_norm = normalize_numbers(e).replace(" ", "")
-        if f in e_norm or (f.endswith("%") and f[:-1] in e_norm):
-            return True
-        # a bare number must match a whole number of the excerpt, not a part of one
-        if re.fullmatch(r"\d+(?:\.\d+)?%?", f) and f in _NUM_RE.findall(e_norm):
+        if not number:
+            if f in e_norm:
+                return True
+            continue
+        whole = set(_NUM_RE.findall(e_norm))
+        if f in whole or f in {n.rstrip("%") for n in whole} or (f.endswith("%") and f[:-1] in whole):
             return True
     return False
 

@@ -58,6 +58,29 @@ def test_check_answer(answer, ok_text, dropped):
     assert g.ok == bool(ok_text)
 
 
+@pytest.mark.parametrize("answer, excerpt", [
+    ("村均收益达24.7[1]。", "全州村集体经济村均收益达24.74万元。"),  # a cut-off decimal
+    ("制定需求目录（2023-20[1]。", "编制《急需紧缺人才需求目录（2023-2025）》。"),  # a cut-off range
+    ("开发区位列12位[1]。", "开发区位列128位。"),  # a prefix of a larger number
+    ("开发区位列28位[1]。", "开发区位列128位。"),  # a suffix of it
+    ("产值589亿元[1]。", "实现产值589.4亿元。"),  # the integer part of a decimal
+    ("占全国产量的8%[1]。", "钾肥产量占全国产量的80％。"),
+])
+def test_numbers_are_compared_as_whole_numbers(answer, excerpt):
+    g = check_answer(answer, [excerpt])
+    assert not g.ok and len(g.dropped) == 1, g
+
+
+@pytest.mark.parametrize("answer, excerpt", [
+    ("村均收益达24.74万元[1]。", "全州村集体经济村均收益达24.74万元。"),
+    ("目录覆盖2023-2025年[1]。", "编制《急需紧缺人才需求目录（2023-2025）》。"),
+    ("钾肥占全国产量的80%[1]。", "钾肥产量占全国产量的80％。"),
+    ("位列一百二十八位[1]。", "开发区位列128位。"),
+])
+def test_whole_numbers_in_any_form_pass(answer, excerpt):
+    assert check_answer(answer, [excerpt]).ok
+
+
 def test_marker_after_the_full_stop_belongs_to_the_sentence_before():
     g = check_answer("开发区位列128位。[1]试点企业签订电子劳动合同182份。[2]", EXCERPTS)
     assert g.sentences == [("开发区位列128位。", [1]), ("试点企业签订电子劳动合同182份。", [2])]
@@ -107,3 +130,46 @@ def test_numbers_are_shown_in_the_sources_own_form(sentence, excerpt, shown):
     from rag.ground import source_forms
 
     assert source_forms(sentence, [excerpt]) == shown
+
+
+class _Unfinished:
+    """A model stream that stops for another reason than the model's own end of turn."""
+
+    def __init__(self, pieces, finish_reason, detail=""):
+        self._it, self.finish_reason, self.detail = iter(pieces), finish_reason, detail
+
+    def __iter__(self):
+        return self._it
+
+
+@pytest.mark.parametrize("pieces, finish", [
+    (["2023年度海西州村"], "time"),  # the time limit, mid-word
+    (["格尔木昆仑经济技术开发区位列全国第128位[1]。"], "length"),  # even a complete-looking sentence
+    (["格尔木昆仑经济技术开发区位列"], "cancel"),
+    (["格尔木昆仑经济技术开发区位列全国第1"], "crashed"),
+    ([], "hung"),
+])
+def test_only_a_finished_generation_is_checked(engine, pieces, finish):
+    from rag.generate import generate_answer
+
+    q = "格尔木的开发区在全国排第几？"
+    extractive = engine.ask(q)
+    ans = generate_answer(engine.index, q, q, engine.search(q), engine.settings, extractive,
+                          stream=_Unfinished(pieces, finish, "why"))
+    assert ans.mode == "extractive-fallback" and ans.answer == extractive.answer
+    assert ans.check["finish_reason"] == finish and "why" in ans.fallback_reason
+    assert ("failed" in ans.fallback_reason) == (finish in ("crashed", "hung"))
+
+
+def test_output_past_the_character_limit_is_not_repaired_into_an_answer(engine):
+    import itertools
+
+    from rag.generate import generate_answer
+
+    q = "试点企业签了多少份电子劳动合同？"
+    base = engine.ask(q)
+    endless = itertools.cycle(["试点企业签订合同182份[1]。", "还有更多"])
+    ans = generate_answer(engine.index, q, q, engine.search(q), engine.settings, base, stream=endless)
+    assert ans.mode == "extractive-fallback" and ans.check["finish_reason"] == "length"
+    assert len(ans.check["model_answer"]) <= 8 * engine.settings.llm_max_tokens + 40
+    assert ans.answer == base.answer and "182" in ans.answer
