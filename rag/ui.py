@@ -94,15 +94,16 @@ def build_app(index_dir: str | Path = "index", seeds: str | Path | None = "seeds
                                        "续上版" if art.continuation else None) if x)
         return gr.update(value=[(t, lab) for t, lab in parts if t], label="　".join(head)), _md_text(meta)
 
-    def ask_streaming(question, history, k, retriever, mode):
-        """Run ask() in a worker thread; yield ("delta", text) while a local model writes, then
-        ("answer", Answer) or ("error", exception)."""
+    def ask_streaming(question, history, k, retriever, mode, cancel):
+        """Run ask() in a worker thread; yield ("status", dict) while a local model is queued or
+        loading, ("delta", text) while it writes, then ("answer", Answer) or ("error", exception)."""
         events: queue.Queue = queue.Queue()
 
         def work():
             try:
                 ans = backend.engine().ask(question, history=history, k=int(k), retriever=retriever, mode=mode,
-                                           on_delta=lambda piece: events.put(("delta", piece)))
+                                           on_delta=lambda piece: events.put(("delta", piece)),
+                                           on_status=lambda state: events.put(("status", state)), cancel=cancel)
                 events.put(("answer", ans))
             except Exception as exc:  # handed to the UI thread, which decides what to show
                 events.put(("error", exc))
@@ -111,37 +112,52 @@ def build_app(index_dir: str | Path = "index", seeds: str | Path | None = "seeds
         while True:
             kind, value = events.get()
             yield kind, value
-            if kind != "delta":
+            if kind not in ("delta", "status"):
                 return
 
-    def respond(question, messages, k, retriever, mode, last, asked):
+    def respond(question, messages, k, retriever, mode, last, asked, turn, request: gr.Request):
         messages = list(messages or [])
         question = (question or "").strip()
         history = list(asked or [])  # the raw questions so far (the chat shows escaped text)
+        turn = int(turn or 0) + 1
+        cancel = _cancel_event(request)
+        t0 = time.perf_counter()
         shown_q = question if question else "（空问题）"
         messages.append({"role": "user", "content": _md_text(shown_q)})
+        busy = "" if mode != "llm" else "⏳（本地模型作答中）"
+
+        # the question is in the conversation at once, whatever the model's queue
+        yield (messages + ([{"role": "assistant", "content": busy}] if busy else []), "", gr.update(), gr.update(),
+               last, history, turn, f"⏳ 第 {turn} 问：正在检索…")
         try:
             if not question:
                 raise RagError("请输入一个问题，例如：格尔木的开发区在全国排第几？")
             ans, draft = None, ""
-            for kind, value in ask_streaming(question, history, k, retriever, mode):
-                if kind == "delta":  # the model's words as they come, marked as not yet checked
+            for kind, value in ask_streaming(question, history, k, retriever, mode, cancel):
+                if kind == "status":
+                    note = _STATUS_TEXT.get(value["state"], "").format(**value)
+                    shown = messages + [{"role": "assistant", "content": "⏳（" + note + "）"}]
+                    yield shown, gr.update(), gr.update(), gr.update(), last, history, turn, \
+                        f"⏳ 第 {turn} 问：{note}"
+                elif kind == "delta":  # the model's words as they come, marked as not yet checked
                     draft += value
                     shown = messages + [{"role": "assistant", "content": _md_text(draft) + " ⏳（核对中）"}]
-                    yield shown, ("" if len(draft) == len(value) else gr.update()), gr.update(), gr.update(), \
-                        last, history + [question]
+                    yield shown, gr.update(), gr.update(), gr.update(), last, history + [question], turn, \
+                        f"⏳ 第 {turn} 问：本地模型正在作答，写完后与原文核对…"
                 elif kind == "error":
                     raise value
                 else:
                     ans = value
         except RagError as exc:
             messages.append({"role": "assistant", "content": "⚠️ " + _md_text(str(exc))})
-            yield messages, "", gr.update(choices=[], value=None), "", [], history
+            yield messages, gr.update(), gr.update(choices=[], value=None), "", [], history, turn, \
+                f"⚠️ 第 {turn} 问未能回答"
             return
         except Exception as exc:  # keep serving: say what happened, log the rest
             log.exception("ask failed")
             messages.append({"role": "assistant", "content": "⚠️ 出错了：" + _md_text(type(exc).__name__)})
-            yield messages, "", gr.update(choices=[], value=None), "", [], history
+            yield messages, gr.update(), gr.update(choices=[], value=None), "", [], history, turn, \
+                f"⚠️ 第 {turn} 问未能回答"
             return
         cites = [{"n": c.n, "article_id": c.article_id, "title": c.title, "source": c.source,
                   "excerpt": c.excerpt, "start": c.start, "end": c.end, "line": c.line} for c in ans.citations]
@@ -156,19 +172,20 @@ def build_app(index_dir: str | Path = "index", seeds: str | Path | None = "seeds
                                 for c in cites)
             items = cites
         prefix = "🔍 " if ans.refused else ""
+        stopped = (ans.check or {}).get("finish_reason") == "cancel"
         if mode == "llm" and ans.mode == "extractive-fallback" and not ans.refused:
-            prefix = "（本地模型的回答未通过与原文的核对，以下为原文摘录）\n"
+            prefix = _fallback_note(ans)
         text = prefix + ans.answer
         messages.append({"role": "assistant", "content": ""})
         step = max(2, len(text) // 25)
         for i in range(step, len(text) + step, step):  # stream the answer in
             messages[-1] = {"role": "assistant", "content": _md_text(text[:i])}
-            # the question box is cleared once, on the first step, so a question typed while the
-            # answer streams in is not wiped
-            clear_box = i == step and not draft  # cleared already if a model draft was streamed
-            yield messages, ("" if clear_box else gr.update()), gr.update(), gr.update(), last, history + [question]
+            yield messages, gr.update(), gr.update(), gr.update(), last, history + [question], turn, gr.update()
             time.sleep(0.01)
-        yield messages, gr.update(), gr.update(choices=choices, value=None), panel, items, history + [question]
+        seconds = time.perf_counter() - t0
+        done = f"⏹ 第 {turn} 问已停止" if stopped else f"✅ 第 {turn} 问已回答，用时 {seconds:.1f} 秒"
+        yield messages, gr.update(), gr.update(choices=choices, value=None), panel, items, history + [question], \
+            turn, done
 
     def open_source(choice, items):
         if choice is None or not items or not 0 <= int(choice) < len(items):
@@ -198,6 +215,7 @@ def build_app(index_dir: str | Path = "index", seeds: str | Path | None = "seeds
         gr.Markdown("## 本地政策新闻问答\n<span class='rag-note'>回答只来自本地报纸；每句话都附有可核对的原文摘录。</span>")
         items_state = gr.State([])
         asked_state = gr.State([])
+        turn_state = gr.State(0)
         with gr.Tab("问答"):
             with gr.Row():
                 with gr.Column(scale=3):
@@ -207,7 +225,9 @@ def build_app(index_dir: str | Path = "index", seeds: str | Path | None = "seeds
                         box = gr.Textbox(placeholder="输入问题，按回车发送", show_label=False, scale=5,
                                          max_lines=3, elem_id="question")
                         send = gr.Button("提问", variant="primary", scale=1, elem_id="send")
+                    answer_state = gr.Markdown("", elem_id="answer-state")
                     with gr.Row():
+                        stop = gr.Button("停止", elem_id="stop", variant="stop")
                         clear = gr.Button("清空对话", elem_id="clear")
                     if examples:
                         gr.Examples(examples=[[e] for e in examples], inputs=[box], label="示例问题")
@@ -233,10 +253,15 @@ def build_app(index_dir: str | Path = "index", seeds: str | Path | None = "seeds
             browse_meta = gr.Markdown("")
             browse_view = gr.HighlightedText(label="文章", show_legend=False, elem_id="browse-view")
 
-        outputs = [chat, box, sources, panel, items_state, asked_state]
-        inputs = [box, chat, k, retriever, mode, items_state, asked_state]
-        asked = [box.submit(respond, inputs, outputs, api_visibility="private"),
-                 send.click(respond, inputs, outputs, api_visibility="private")]
+        # Gradio passes the request to parameters annotated gr.Request; the annotations here are
+        # strings (postponed), which it cannot resolve since gradio is imported in this function
+        respond.__annotations__["request"] = _stop.__annotations__["request"] = gr.Request
+        outputs = [chat, box, sources, panel, items_state, asked_state, turn_state, answer_state]
+        inputs = [box, chat, k, retriever, mode, items_state, asked_state, turn_state]
+        # our own Chinese status line replaces Gradio's progress overlay (English, with a guessed ETA)
+        asked = [box.submit(respond, inputs, outputs, api_visibility="private", show_progress="hidden"),
+                 send.click(respond, inputs, outputs, api_visibility="private", show_progress="hidden")]
+        stop.click(_stop, None, None, api_visibility="private", queue=False)
         clear.click(lambda: ([], "", gr.update(choices=[], value=None), "", [], [], gr.update(value=[]), ""),
                     None, [chat, box, sources, panel, items_state, asked_state, view, meta], api_visibility="private",
                     cancels=asked)
@@ -246,6 +271,46 @@ def build_app(index_dir: str | Path = "index", seeds: str | Path | None = "seeds
         gr.api(api_ask, api_name="ask")
     demo.queue(default_concurrency_limit=4, max_size=64)
     return demo
+
+
+_STATUS_TEXT = {
+    "queued": "本地模型正忙，前面还有 {ahead} 个问题，请稍候",
+    "loading": "正在加载本地模型，首次需要几秒钟",
+    "generating": "本地模型正在作答",
+}
+_cancels: dict[str, threading.Event] = {}
+_cancels_lock = threading.Lock()
+
+
+def _cancel_event(request) -> threading.Event:
+    """A fresh stop flag for this browser session's new question."""
+    key = getattr(request, "session_hash", None) or "?"
+    event = threading.Event()
+    with _cancels_lock:
+        _cancels[key] = event
+        while len(_cancels) > 1000:  # forget the oldest sessions
+            _cancels.pop(next(iter(_cancels)))
+    return event
+
+
+def _stop(request) -> None:
+    """The 停止 button: the session's running answer stops (its model generation is cancelled)."""
+    with _cancels_lock:
+        event = _cancels.get(getattr(request, "session_hash", None) or "?")
+    if event is not None:
+        event.set()
+
+
+def _fallback_note(ans) -> str:
+    """What the chat says above an extractive answer given in local-model mode."""
+    finish = (ans.check or {}).get("finish_reason")
+    if finish == "cancel":
+        return "（已停止本地模型，以下为原文摘录）\n"
+    if finish in ("time", "length"):
+        return "（本地模型没有按时写完，未经核对的半句话不会显示；以下为原文摘录）\n"
+    if finish in ("crashed", "hung", "error") or (ans.fallback_reason or "").startswith("local model unavailable"):
+        return "（本地模型暂时不可用，以下为原文摘录）\n"
+    return "（本地模型的回答未通过与原文的核对，以下为原文摘录）\n"
 
 
 def _usable_examples(backend: _Backend) -> list[str]:

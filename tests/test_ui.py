@@ -81,11 +81,21 @@ def page(browser, server):
     pg.close()
 
 
-def _ask(pg, question: str, expect: str, timeout: float = 30_000):
+_FINISHED = "([n, done]) => new RegExp('第 ' + n + ' 问' + done).test(document.querySelector('#answer-state').innerText)"
+
+
+def _send(pg, question: str, timeout: float = 30_000, done: str = "(已回答|未能回答|已停止)") -> None:
+    """Ask, and wait until the app says this question's answer is complete (never a fixed sleep)."""
+    pg.turns = getattr(pg, "turns", 0) + 1
     pg.locator("#question textarea").fill(question)
     pg.locator("#send").click()
+    pg.wait_for_function(_FINISHED, arg=[pg.turns, done], timeout=timeout)
+
+
+def _ask(pg, question: str, expect: str, timeout: float = 30_000):
     try:
-        pg.locator("#chat").get_by_text(expect, exact=False).last.wait_for(timeout=timeout)
+        _send(pg, question, timeout)
+        assert expect in pg.locator("#chat").inner_text()
     except Exception:
         from .conftest import ARTIFACTS
 
@@ -143,9 +153,8 @@ def test_page_and_user_text_are_shown_as_text_never_as_html(page, artifacts_dir)
 
 @pytest.mark.parametrize("question, message", [("", "请输入一个问题"), ("问" * 800, "at most")])
 def test_bad_questions_are_friendly_messages_and_the_server_keeps_serving(page, question, message):
-    page.locator("#question textarea").fill(question)
-    page.locator("#send").click()
-    page.locator("#chat").get_by_text(message, exact=False).wait_for(timeout=15_000)
+    _send(page, question, done="未能回答")
+    assert message in page.locator("#chat").inner_text()
     assert "Traceback" not in page.locator("#chat").inner_text()
     _ask(page, "积石山地震是几级？", "6.2级")
 
@@ -157,7 +166,7 @@ def test_gradio_client_api_and_concurrent_users(server):
     result = client.predict("格尔木的开发区在全国排第几？", api_name="/ask")
     assert "128位" in result["answer"] and not result["refused"]
     c = result["citations"][0]
-    assert c["excerpt"] in c["excerpt"] and c["source"] == "000_083e7fa3461b093d.txt"
+    assert "位列128位" in c["excerpt"] and c["source"] == "000_083e7fa3461b093d.txt"
     answers = {}
 
     def ask(q):
@@ -190,7 +199,28 @@ def test_local_model_mode_streams_then_shows_the_checked_answer(page):
     pytest.importorskip("llama_cpp")
     page.get_by_text("设置").click()
     page.locator("#answer-mode").get_by_text("本地模型改写", exact=False).click()
-    _ask(page, "试点企业签了多少份电子劳动合同？", "182", timeout=120_000)
-    page.locator("#answer-sources").get_by_text("[1]", exact=False).first.wait_for(timeout=120_000)
+    _ask(page, "试点企业签了多少份电子劳动合同？", "182", timeout=300_000)
+    page.locator("#answer-sources").get_by_text("[1]", exact=False).first.wait_for(timeout=10_000)
     chat = page.locator("#chat").inner_text()
     assert "核对中" not in chat and "182" in chat and "[1]" in chat
+    assert "已回答" in page.locator("#answer-state").inner_text()
+
+
+def test_local_model_can_be_stopped_and_says_so_in_chinese(page, artifacts_dir):
+    pytest.importorskip("llama_cpp")
+    page.get_by_text("设置").click()
+    page.locator("#answer-mode").get_by_text("本地模型改写", exact=False).click()
+    page.turns = 1
+    page.locator("#question textarea").fill("海西州的人才公寓建了多少套？")
+    page.locator("#send").click()
+    # the question shows at once, with a Chinese status line while the model works
+    page.locator("#chat").get_by_text("海西州的人才公寓建了多少套", exact=False).wait_for(timeout=10_000)
+    page.wait_for_function("document.querySelector('#answer-state').innerText.includes('第 1 问：')", timeout=10_000)
+    assert "processing" not in page.locator("body").inner_text()
+    page.locator("#stop").click()
+    page.wait_for_function(_FINISHED, arg=[1, "(已停止|已回答)"], timeout=300_000)
+    chat = page.locator("#chat").inner_text()
+    page.screenshot(path=str(artifacts_dir / "chat-llm-stopped.png"), full_page=True)
+    assert "核对中" not in chat and "670" in chat
+    if "已停止" in page.locator("#answer-state").inner_text():  # stopped before the model finished
+        assert "已停止本地模型" in chat
