@@ -162,12 +162,14 @@ class Engine:
 
     def ask(self, question: str, *, history: list[str] | None = None, k: int | None = None,
             retriever: str | None = None, mode: str | None = None,
-            on_delta: Callable[[str], None] | None = None) -> Answer:
+            on_delta: Callable[[str], None] | None = None, on_status: Callable[[dict], None] | None = None,
+            cancel: threading.Event | None = None) -> Answer:
         """Answer a question from the index, with verbatim citations, or refuse.
 
         ``history`` holds the earlier questions of the conversation, oldest first; a follow-up
         ("那西宁呢？") is resolved against them before retrieval. ``mode`` "llm" has the local model
-        phrase the answer (checked against the sources; ``on_delta`` receives its text as it streams).
+        phrase the answer (checked against the sources; ``on_delta`` receives its text as it streams,
+        ``on_status`` the model's queue state, and setting ``cancel`` stops it).
 
         >>> get_engine("index").ask("格尔木的开发区在全国排第几？").answer  # doctest: +SKIP
         '格尔木昆仑经济技术开发区在全国230家国家级经济技术开发区中位列128位。[1]'
@@ -186,7 +188,8 @@ class Engine:
         if mode == "llm":
             from .generate import generate_answer
 
-            answer = generate_answer(self.index, q, resolved, hits, self.settings, answer, on_delta=on_delta)
+            answer = generate_answer(self.index, q, resolved, hits, self.settings, answer, on_delta=on_delta,
+                                     on_status=on_status, cancel=cancel)
             timings.update(answer.timings_ms)
         timings["total_ms"] = round((time.perf_counter() - t0) * 1000, 1)
         extra = {"resolved_question": resolved} if resolved != q else {}
