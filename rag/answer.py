@@ -1,108 +1,24 @@
 """Hits -> a short extractive answer whose every sentence is a verbatim excerpt with its [n]
-citation, or an honest refusal listing the closest articles."""
+citation; a list of the measures an article enumerates; a partial answer saying which place or year
+the pages do cover; or an honest refusal listing the closest articles. What counts as evidence is
+decided in ``rag.score``."""
 from __future__ import annotations
 
-import math
 import re
-import threading
-from dataclasses import dataclass
+
+import numpy as np
 
 from .config import Settings
 from .index import Index
-from .query import analyze_question, fact_match, term_coverage
-from .retrieve import term_idf
+from .query import analyze_question
+from .score import Evidence, ScoringParams, evidence_of_hits, judge, load_scoring
 from .types import Answer, Citation, Hit
-from .zh import fold_width, numbers_in, split_sentences
+from .zh import numbers_in, split_sentences
 
-__all__ = ["Candidate", "score_sentences", "compose_answer", "refusal", "make_citation", "unsupported_numbers",
-           "evidence_sentences"]
+__all__ = ["compose_answer", "refusal", "make_citation", "unsupported_numbers", "evidence_sentences", "list_items"]
 
 _LEAD_TRIM = re.compile(r"^(据悉|据了解|据介绍|同时|此外|另外|其中|目前|与此同时|近日|日前)[，,]")
 _CLAUSE_END = "，,；;：:"
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """A sentence (or clause window) of a hit, scored against the question."""
-
-    hit: Hit
-    start: int  # offsets in the article text
-    end: int
-    text: str
-    coverage: float
-    fact: float
-    score: float
-
-
-_blobs: dict[int, str] = {}
-
-
-def _corpus_text(index: Index) -> str:
-    key = id(index)
-    if key not in _blobs:
-        _blobs.clear()
-        _blobs[key] = fold_width("\n".join(a.title + "\n" + a.text for a in index.articles.values())).lower()
-    return _blobs[key]
-
-
-def _windows(text: str, start: int, end: int) -> list[tuple[int, int]]:
-    """The sentence and its windows of consecutive clauses (for trimming long sentences)."""
-    spans = [(start, end)]
-    if end - start <= 50:
-        return spans
-    cuts = [start] + [i + 1 for i in range(start, end - 1) if text[i] in _CLAUSE_END] + [end]
-    clauses = list(zip(cuts, cuts[1:]))
-    for i in range(len(clauses)):
-        for j in range(i, min(len(clauses), i + 3)):
-            if (i, j) != (0, len(clauses) - 1):
-                spans.append((clauses[i][0], clauses[j][1]))
-    return spans
-
-
-_scored: dict[tuple, list[Candidate]] = {}
-_scored_lock = threading.Lock()
-
-
-def score_sentences(index: Index, question: str, hits: list[Hit]) -> list[Candidate]:
-    """Every sentence of the hits (and, for long ones, their clause windows), best first.
-
-    The last few results are kept, since the extractive answer and the local model's excerpts
-    are both drawn from the same scoring of the same hits."""
-    key = (id(index), question, tuple((h.rank, h.chunk.chunk_id) for h in hits))
-    with _scored_lock:
-        found = _scored.get(key)
-    if found is None:
-        found = _score_sentences(index, question, hits)
-        with _scored_lock:
-            while len(_scored) >= 16:
-                _scored.pop(next(iter(_scored)))
-            _scored[key] = found
-    return found
-
-
-def _score_sentences(index: Index, question: str, hits: list[Hit]) -> list[Candidate]:
-    info = analyze_question(question)
-    idf = term_idf(index)
-    unknown_idf = math.log(1 + max(1, len(index.chunks)))
-    corpus = _corpus_text(index)
-    cands: list[Candidate] = []
-    for hit in hits:
-        art = index.articles[hit.chunk.article_id]
-        context = art.title + "\n" + art.text
-        prior = 0.15 / hit.rank
-        for s, e in split_sentences(hit.chunk.text):
-            a0 = hit.chunk.start + s
-            a1 = hit.chunk.start + e
-            spans = _windows(art.text, a0, a1) if info.kind in ("count", "rank", "date") else [(a0, a1)]
-            for w0, w1 in spans:
-                t = art.text[w0:w1]
-                cov = term_coverage(info, t, idf, context=context, unknown_idf=unknown_idf, corpus=corpus)
-                fact = fact_match(info, t)
-                # shorter windows only win when they keep the evidence: a small length penalty
-                score = cov * (1 + 0.5 * fact) + prior - 0.0008 * len(t)
-                cands.append(Candidate(hit, w0, w1, t, cov, fact, score))
-    cands.sort(key=lambda c: -c.score)
-    return cands
 
 
 def _trim(text: str, start: int) -> tuple[int, str]:
@@ -143,52 +59,147 @@ def refusal(question: str, hits: list[Hit], reason: str = "") -> Answer:
     return Answer(question=question, answer=text, refused=True, citations=(), related=tuple(related[:5]))
 
 
+def _excerpt(text: str, start: int) -> tuple[int, int, str]:
+    """A cited span without a leading connective or trailing clause punctuation."""
+    start, text = _trim(text, start)
+    end = start + len(text)
+    while end > start and text and text[-1] in _CLAUSE_END:
+        end -= 1
+        text = text[:-1]
+    return start, end, text
+
+
+def _shown(text: str) -> str:
+    return text if text and text[-1] in "。！？!?”" else text + "。"
+
+
+# enumerated items: 一是…, （一）…, 一、…, 1. …, 首先/其次/再次/最后
+_ITEM = re.compile(r"^(?:[一二三四五六七八九十]+是|（[一二三四五六七八九十]+）|[一二三四五六七八九十]+、|\d{1,2}[.、．](?!\d)|"
+                   r"首先|其次|再次|最后)")
+_HEAD_MAX = 24
+
+
+def list_items(text: str, near: int, *, max_items: int = 6, max_chars: int = 360) -> list[tuple[int, int]]:
+    """The enumerated items of an article nearest to position ``near``, as (start, end) spans: sentences
+    opening with 一是/（一）/一、/1./首先…, or else its section heads (short lines without final
+    punctuation). Each item is its sentence, cut at the first clause after 60 characters.
+
+    >>> t = "全市采取三项措施。一是加强培训，提高能力。二是优化流程。三是强化考核。"
+    >>> [t[s:e] for s, e in list_items(t, 0)]
+    ['一是加强培训，提高能力。', '二是优化流程。', '三是强化考核。']
+    """
+    spans = split_sentences(text)
+    groups: list[list[tuple[int, int]]] = []
+    for s, e in spans:
+        if _ITEM.match(text[s:e]):
+            prev = groups[-1][-1] if groups else None
+            # items of one list follow each other within a few sentences
+            if prev is not None and sum(1 for a, _ in spans if prev[1] <= a < s) <= 3:
+                groups[-1].append((s, e))
+            else:
+                groups.append([(s, e)])
+    groups = [g for g in groups if len(g) >= 2]
+    if not groups:
+        heads, pos = [], 0
+        for line in text.split("\n"):
+            stripped = line.strip()
+            if 2 <= len(stripped) <= _HEAD_MAX and stripped[-1] not in "。！？!?；;，,：:”）)":
+                s = pos + line.index(stripped)
+                heads.append((s, s + len(stripped)))
+            pos += len(line) + 1
+        if len(heads) >= 2:
+            groups = [heads]
+    if not groups:
+        return []
+    # the list the evidence is in, else the first one after it, else the last one before it
+    def distance(g: list[tuple[int, int]]) -> tuple[int, int]:
+        if g[0][0] <= near <= g[-1][1]:
+            return (0, 0)
+        return (1, g[0][0] - near) if g[0][0] > near else (2, near - g[-1][1])
+    group = min(groups, key=distance)
+    out, used = [], 0
+    for s, e in group[:max_items]:
+        if e - s > 60:
+            cut = next((i + 1 for i in range(s + 40, e - 1) if text[i] in "，,；;："), e)
+            e = cut if cut - s <= 90 else e
+        if out and used + (e - s) > max_chars:
+            break
+        out.append((s, e))
+        used += e - s
+    return out
+
+
+def _answer_from(index: Index, question: str, spans: list[tuple[str, int, int]], **extra) -> Answer:
+    citations, parts = [], []
+    for n, (aid, s, e) in enumerate(spans, start=1):
+        start, end, text = _excerpt(index.articles[aid].text[s:e], s)
+        citations.append(make_citation(n, index, aid, start, end))
+        parts.append(f"{_shown(text)}[{n}]")
+    return Answer(question=question, answer="".join(parts), refused=False, citations=tuple(citations), **extra)
+
+
+def _partial(index: Index, question: str, query: str, ev: Evidence, hits: list[Hit]) -> Answer:
+    """"资料中只有海西的信息：…[1]，没有德令哈的数字。" — what the pages hold instead, cited."""
+    info = analyze_question(query)
+    start, end, text = _excerpt(ev.text, ev.start)
+    about = "".join(p for p in ev.about_places if p not in ev.missing_places)
+    about += "".join(f"{y}年" for y in ev.about_years if y not in ev.missing_years)
+    asked = "".join(_surface(query, p) for p in ev.missing_places) + "".join(f"{y}年" for y in ev.missing_years)
+    thing = {"count": "数字", "rank": "排名", "date": "日期"}.get(info.kind, "信息")
+    head = f"资料中只有{about}的相关内容：" if about else "资料中只有以下相关内容："
+    cite = make_citation(1, index, ev.article_id, start, end)
+    text = f"{head}{text.rstrip('。！？!?')}[1]，没有{asked}的{thing}。"
+    related = refusal(question, hits).related
+    return Answer(question=question, answer=text, refused=False, citations=(cite,), related=related, partial=True)
+
+
+def _surface(query: str, key: str) -> str:
+    """The place as the question wrote it ("德令哈市" for the key "德令哈")."""
+    m = re.search(re.escape(key) + r"(?:自治州|自治县|[省市州县区镇乡村])?", query)
+    return m.group(0) if m else key
+
+
 def compose_answer(index: Index, question: str, hits: list[Hit], settings: Settings,
-                   *, retrieval_query: str | None = None) -> Answer:
-    """Pick the one to three best sentences and join them with their [n] markers, or refuse."""
+                   *, retrieval_query: str | None = None, query_vector: np.ndarray | None = None,
+                   scoring: ScoringParams | None = None) -> Answer:
+    """Answer from the hits: the best one to three sentences, the enumerated items for a 哪些/措施
+    question, a partial answer when only the place or year is wrong, or a refusal."""
     query = retrieval_query or question
     if not hits:
         return refusal(question, hits)
-    cands = score_sentences(index, query, hits)
+    params = scoring or load_scoring()
     info = analyze_question(query)
-    needs_fact = info.kind in ("rank", "date", "count")
-    # evidence: enough of the question's terms, and (for a number, date or rank question) such a fact
-    eligible = [c for c in cands if c.coverage >= settings.refusal_threshold and (c.fact > 0 or not needs_fact)]
-    if not eligible:
-        return refusal(question, hits)
-    best = eligible[0]
-    chosen = [best]
+    evidence = evidence_of_hits(index, query, hits, query_vector, params)
     limit = settings.max_answer_sentences if info.kind in ("list", "benefit", "other", "who") else 2
-    for c in eligible[1:]:
-        if len(chosen) >= limit or c.score < 0.85 * best.score:
-            break
-        if any(c.hit.chunk.article_id == x.hit.chunk.article_id and c.start < x.end and x.start < c.end
-               for x in chosen):
-            continue
-        chosen.append(c)
-    chosen.sort(key=lambda c: (c.hit.rank, c.start))
-    citations, parts = [], []
-    for n, c in enumerate(chosen, start=1):
-        start, text = _trim(c.text, c.start)
-        end = start + len(text)
-        while end > start and text and text[-1] in _CLAUSE_END:
-            end -= 1
-            text = text[:-1]
-        citations.append(make_citation(n, index, c.hit.chunk.article_id, start, end))
-        shown = text if text[-1] in "。！？!?”" else text + "。"
-        parts.append(f"{shown}[{n}]")
-    return Answer(question=question, answer="".join(parts), refused=False, citations=tuple(citations))
+    verdict = judge(evidence, params, limit=limit)
+    if verdict.chosen:
+        best = verdict.chosen[0]
+        if info.kind == "list":
+            items = list_items(index.articles[best.article_id].text, best.start,
+                               max_items=params.list_items, max_chars=params.list_chars)
+            if len(items) >= 2:
+                return _answer_from(index, question, [(best.article_id, s, e) for s, e in items])
+        rank = {h.chunk.chunk_id: h.rank for h in hits}
+        chosen = sorted(verdict.chosen, key=lambda ev: (rank.get(ev.chunk_id, 99), ev.start))
+        return _answer_from(index, question, [(ev.article_id, ev.start, ev.end) for ev in chosen])
+    if verdict.partial is not None:
+        return _partial(index, question, query, verdict.partial, hits)
+    return refusal(question, hits)
 
 
 def evidence_sentences(index: Index, question: str, hits: list[Hit], *, limit: int = 3,
-                       max_chars: int = 150) -> list[tuple[str, int, int]]:
+                       max_chars: int = 150, query_vector: np.ndarray | None = None,
+                       scoring: ScoringParams | None = None) -> list[tuple[str, int, int]]:
     """The best evidence for a question, as (article_id, start, end), best first: the numbered
     excerpts a local model is given. Short on purpose (a 2-core CPU reads about 100 prompt tokens
     a second): whole sentences where they fit, else the clause windows that hold the fact."""
+    params = scoring or load_scoring()
+    ranked = sorted(evidence_of_hits(index, question, hits, query_vector, params),
+                    key=lambda ev: -(params.probability(ev.features) - params.length_penalty * len(ev.text)))
     out: list[tuple[str, int, int]] = []
     used = 0
-    for c in score_sentences(index, question, hits):
-        art_id = c.hit.chunk.article_id
+    for c in ranked:
+        art_id = c.article_id
         start, end = _trim(c.text, c.start)[0], c.end
         # the whole sentence gives the model context, when it fits the budget
         text = index.articles[art_id].text

@@ -179,9 +179,20 @@ def _cmd_ask(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_answers, evaluate_retrieval, format_table, load_qa
+    from .evaluate import evaluate_answers, evaluate_heldout, evaluate_retrieval, format_table, load_qa
 
-    items = load_qa(args.qa)
+    paths = args.qa or ["tests/data/qa.jsonl"]
+    items = [item for path in paths for item in load_qa(path)]
+    if args.fit:
+        from .evaluate import collect_evidence, fit_scoring
+        from .score import ScoringParams, save_scoring
+
+        engine = _engine(args)
+        params = fit_scoring(collect_evidence(engine, items, ScoringParams()), ScoringParams(),
+                             note=f"{len(items)} questions of {', '.join(paths)}")
+        out = save_scoring(params, args.fit_out)
+        _print_json({"written": str(out), "scoring": params.to_dict()})
+        return 0
     retrievers = ["bm25", "dense", "hybrid"] if args.retriever == "all" else [args.retriever]
     rows = []
     engine = None
@@ -190,15 +201,41 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         rows.append(evaluate_retrieval(engine, items, retriever=r, k=5))
     report: dict = {"questions": len(items), "retrieval": rows}
     if not args.no_answers and engine is not None:
-        report["answers"] = evaluate_answers(engine, items, ask=engine.ask, mode=args.mode or "extractive")
+        if (args.mode or "extractive") == "llm":
+            report["answers"] = evaluate_answers(engine, items, ask=engine.ask, mode="llm")
+        else:
+            report["heldout"] = evaluate_heldout(engine, items)
     if args.json:
         _print_json(report)
         return 0
-    print(f"{len(items)} questions ({sum(1 for i in items if i.answerable)} answerable) from {args.qa}\n")
+    print(f"{len(items)} questions ({sum(1 for i in items if i.answerable)} answerable) from {', '.join(paths)}\n")
+    print("retrieval with the shipped scoring (rag/data/scoring.json, fitted on every page):")
     print(format_table(rows, ["retriever", "questions", "recall@1", "recall@5", "mrr", "median_ms"]))
     for row in rows:
         for m in row["misses"]:
             print(f"  {row['retriever']}: {m['id']} gold at rank {m['rank']}: {m['question']}")
+    if "heldout" in report:
+        h = report["heldout"]
+        keys = ["answer_accuracy", "answerable_refused", "unanswerable_refused", "recall@1", "recall@5"]
+        short = {"answer_accuracy": "acc", "answerable_refused": "ans_refused", "unanswerable_refused": "unans_refused",
+                 "recall@1": "R@1", "recall@5": "R@5"}
+        table = []
+        for name, held, inside in [("all", h["heldout"], h["in_sample"])] + \
+                [(k["kind"], k["heldout"], k["in_sample"]) for k in h["per_kind"]]:
+            row = {"kind": name, "n": held["n"]}
+            for key in keys:
+                a, b = held[key], inside[key]
+                row[short[key]] = "-" if a is None else f"{a:.3f} ({b:.3f})"
+            table.append(row)
+        print(f"\nanswers held out by page (leave-one-page-out over {len(h['pages'])} pages); in-sample in brackets:")
+        print(format_table(table, ["kind", "n", *short.values()]))
+        print(f"citations verbatim {h['heldout']['citations_verbatim']}  median ask {h['median_answer_ms']} ms")
+        p = h["params_in_sample"]
+        print("scoring fitted on every page: " + ", ".join(f"{k} {v:+.2f}" for k, v in p["weights"].items())
+              + f", bias {p['bias']:+.2f}, threshold {p['threshold']:.3f}")
+        for f in h["failures"]:
+            state = "partial" if f["partial"] else ("refused" if f["declined"] else "answered")
+            print(f"  {f['id']} [{f['kind']}] {state}: {f['question']} -> {f['answer'][:60]}")
     if "answers" in report:
         a = report["answers"]
         print()
@@ -270,7 +307,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_ask)
 
     p = sub.add_parser("eval", help="Recall@1/5, MRR and answer accuracy on a question set")
-    p.add_argument("--qa", default="tests/data/qa.jsonl")
+    p.add_argument("--qa", action="append", help="question set (JSON lines; repeat for several); "
+                   "default tests/data/qa.jsonl")
+    p.add_argument("--fit", action="store_true", help="fit the scoring on every question and write it")
+    p.add_argument("--fit-out", default=None, help="where --fit writes (default rag/data/scoring.json)")
     p.add_argument("--retriever", choices=["hybrid", "bm25", "dense", "all"], default="hybrid")
     p.add_argument("--no-rerank", action="store_true")
     p.add_argument("--no-answers", action="store_true", help="retrieval figures only")

@@ -20,7 +20,7 @@ import numpy as np
 from .config import Settings
 from .errors import BadInput, IndexFormat, IndexNotFound, IndexStale
 from .types import Article, Chunk, article_from_dict, chunk_from_dict, to_dict
-from .zh import add_user_words, tokenize
+from .zh import add_place_names, add_user_words, tokenize
 
 __all__ = ["FORMAT_VERSION", "Index", "write_index", "load_index", "seed_hashes", "stale_pages", "library_versions"]
 
@@ -41,6 +41,10 @@ class Index:
     dense: object  # faiss.Index
     bm25: object  # bm25s.BM25
     terms: list[str] = field(default_factory=list)
+    # one record per article sentence ({"article_id", "start", "end", "places", "years"}) and its
+    # passage vector, row i = record i: the answer scoring's semantic and place/year evidence
+    sentences: list[dict] = field(default_factory=list)
+    sentence_vectors: np.ndarray | None = None
 
     @property
     def model(self) -> str:
@@ -107,7 +111,8 @@ def _write_jsonl(path: Path, records) -> None:
 
 
 def write_index(out_dir: str | Path, *, articles: list[Article], chunks: list[Chunk], vectors: np.ndarray,
-                settings: Settings, model_name: str, seeds: dict[str, str], terms: list[str]) -> Path:
+                settings: Settings, model_name: str, seeds: dict[str, str], terms: list[str],
+                sentences: list[dict] | None = None, sentence_vectors: np.ndarray | None = None) -> Path:
     """Write a complete index folder atomically (temporary sibling, then rename)."""
     import faiss
 
@@ -124,6 +129,15 @@ def write_index(out_dir: str | Path, *, articles: list[Article], chunks: list[Ch
         faiss.write_index(dense, str(tmp / "dense.faiss"))
         _bm25(chunks).save(str(tmp / "bm25"))
         (tmp / "terms.txt").write_text("\n".join(sorted(set(terms))) + "\n", encoding="utf-8")
+        sentences = sentences or []
+        if sentence_vectors is None:
+            sentence_vectors = np.zeros((0, vectors.shape[1] if vectors.ndim == 2 else 0), dtype=np.float32)
+        if len(sentences) != len(sentence_vectors):
+            raise ValueError(f"{len(sentences)} sentences but {len(sentence_vectors)} sentence vectors")
+        with (tmp / "sentences.jsonl").open("w", encoding="utf-8") as out:
+            for rec in sentences:
+                out.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        np.save(tmp / "sentences.npy", np.ascontiguousarray(sentence_vectors, dtype=np.float16), allow_pickle=False)
         manifest = {
             "format_version": FORMAT_VERSION,
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -133,6 +147,7 @@ def write_index(out_dir: str | Path, *, articles: list[Article], chunks: list[Ch
             "dense_index": kind,
             "counts": {"pages": len(seeds), "articles": len(articles), "chunks": len(chunks)},
             "seeds": seeds,
+            "sentences": {"count": len(sentences), "files": ["sentences.jsonl", "sentences.npy"]},
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, indent=2), encoding="utf-8")
         for extra in ("README.md",):  # keep the folder's own note (it is tracked in git)
@@ -207,6 +222,10 @@ def load_index(path: str | Path, *, model: str | None = None) -> Index:
         bm25 = bm25s.BM25.load(str(path / "bm25"), load_corpus=False)
         terms_file = path / "terms.txt"
         terms = terms_file.read_text(encoding="utf-8").split() if terms_file.exists() else []
+        if "sentences" not in manifest:
+            raise IndexFormat(f"index at {path} has no sentence vectors (built by an older rag); rebuild it with `rag index`")
+        sentences = _read_jsonl(path / "sentences.jsonl", dict)
+        sentence_vectors = np.load(path / "sentences.npy", allow_pickle=False).astype(np.float32)
     except (OSError, RuntimeError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise IndexFormat(f"index at {path} is damaged ({first}); rebuild it with `rag index`") from None
@@ -215,10 +234,14 @@ def load_index(path: str | Path, *, model: str | None = None) -> Index:
         raise IndexFormat(f"index at {path} is inconsistent ({n} chunks, {dense.ntotal} vectors of dimension "
                           f"{dense.d}, {bm25.scores.get('num_docs')} BM25 documents); rebuild it with `rag index`")
     by_id = {a.article_id: a for a in articles}
+    if len(sentences) != len(sentence_vectors) or (len(sentences) and sentence_vectors.shape[1] != dim):
+        raise IndexFormat(f"index at {path} has {len(sentences)} sentences but {len(sentence_vectors)} sentence "
+                          f"vectors; rebuild it with `rag index`")
     if any(c.article_id not in by_id for c in chunks):
         raise IndexFormat(f"index at {path} has chunks of unknown articles; rebuild it with `rag index`")
     add_user_words(terms)
-    return Index(path, manifest, settings, by_id, chunks, dense, bm25, terms)
+    add_place_names({p for rec in sentences for p in rec.get("places", ())})  # as tagged when it was built
+    return Index(path, manifest, settings, by_id, chunks, dense, bm25, terms, sentences, sentence_vectors)
 
 
 def stale_pages(index_manifest: dict, pages: list[Path]) -> list[str]:

@@ -19,9 +19,10 @@ from .index import Index, check_fresh, load_index, seed_hashes, stale_pages, wri
 from .ingest import list_pages, read_page
 from .query import resolve_followup
 from .retrieve import check_query
+from .score import ScoringParams
 from .retrieve import search as _search
 from .segment import segment_page
-from .types import Answer, Article, Hit
+from .types import Answer, Article, Hit, to_dict
 from .zh import extract_terms
 
 __all__ = ["load_articles", "build_index", "add_pages", "index_status", "Engine", "get_engine"]
@@ -54,6 +55,33 @@ def _terms(articles: list[Article]) -> list[str]:
     return sorted(terms)
 
 
+def _sentences(articles: list[Article], encoder, old=None) -> tuple[list[dict], "np.ndarray"]:
+    """The sentence table of the articles (spans, places, years) and its passage vectors; the vectors
+    of an old index's unchanged articles are reused."""
+    import numpy as np
+
+    from .score import describe_sentences
+
+    facts = [to_dict(f) for f in describe_sentences(articles)]
+    by_id = {a.article_id: a for a in articles}
+    texts = [by_id[f["article_id"]].text[f["start"]:f["end"]] for f in facts]
+    known = {}
+    if old is not None and old.sentence_vectors is not None:
+        for rec, vec in zip(old.sentences, old.sentence_vectors):
+            art = old.articles.get(rec["article_id"])
+            if art is not None:
+                known[(rec["article_id"], art.text[rec["start"]:rec["end"]])] = vec
+    todo = [i for i, f in enumerate(facts) if (f["article_id"], texts[i]) not in known]
+    vectors = np.zeros((len(facts), encoder.dimension), dtype=np.float32)
+    if todo:
+        vectors[todo] = encoder.encode_passages([texts[i] for i in todo])
+    for i, f in enumerate(facts):
+        if (f["article_id"], texts[i]) in known:
+            vectors[i] = known[(f["article_id"], texts[i])]
+    return facts, vectors
+
+
+
 def build_index(seeds: str | Path = "seeds", index_dir: str | Path = "index", *,
                 settings: Settings | None = None) -> dict:
     """Build the index of every page in ``seeds`` into ``index_dir`` (atomically); return a summary.
@@ -71,8 +99,10 @@ def build_index(seeds: str | Path = "seeds", index_dir: str | Path = "index", *,
     encoder = get_encoder(settings)
     log.info("embedding %d chunks of %d articles with %s", len(chunks), len(articles), settings.model)
     vectors = encoder.encode_passages([c.embed_text for c in chunks])
+    sentences, sentence_vectors = _sentences(articles, encoder)
     write_index(index_dir, articles=articles, chunks=chunks, vectors=vectors, settings=settings,
-                model_name=settings.model, seeds=seed_hashes(pages), terms=_terms(articles))
+                model_name=settings.model, seeds=seed_hashes(pages), terms=_terms(articles),
+                sentences=sentences, sentence_vectors=sentence_vectors)
     _engines.clear()
     return {"pages": len(pages), "articles": len(articles), "chunks": len(chunks),
             "seconds": round(time.perf_counter() - t0, 1), "index": str(index_dir)}
@@ -115,8 +145,10 @@ def add_pages(files: list[str | Path], index_dir: str | Path = "index", *, seeds
     hashes.update(seed_hashes([seeds_dir / p.name for p in paths]))
     articles = kept_articles + new_articles
     chunks = [index.chunks[i] for i in rows] + new_chunks
+    sentences, sentence_vectors = _sentences(articles, encoder, old=index)
     write_index(index_dir, articles=articles, chunks=chunks, vectors=np.vstack([old_vectors, new_vectors]),
-                settings=settings, model_name=index.model, seeds=hashes, terms=_terms(articles))
+                settings=settings, model_name=index.model, seeds=hashes, terms=_terms(articles),
+                sentences=sentences, sentence_vectors=sentence_vectors)
     _engines.clear()
     return {"added_pages": sorted(names), "new_chunks": len(new_chunks), "reused_chunks": len(rows),
             "articles": len(articles), "chunks": len(chunks)}
@@ -151,19 +183,20 @@ class Engine:
                               f"model {self.settings.model!r} makes {enc.dimension}; rebuild with `rag index`")
         return enc
 
-    def search(self, query: str, *, k: int | None = None, retriever: str | None = None) -> list[Hit]:
-        """Hybrid (or BM25 / dense) search of the index."""
+    def search(self, query: str, *, k: int | None = None, retriever: str | None = None,
+               scoring: ScoringParams | None = None, query_vector=None) -> list[Hit]:
+        """Hybrid (or BM25 / dense) search of the index, reranked with ``scoring`` (default: the fitted one)."""
         mode = retriever or self.settings.retriever
-        vector = None
-        if mode != "bm25":
+        vector = query_vector
+        if vector is None and (mode != "bm25" or self.settings.rerank):
             vector = self.encoder.encode_queries([check_query(query, self.settings)])[0]
         return _search(self.index, query, k=self.settings.top_k if k is None else k, settings=self.settings,
-                       query_vector=vector, retriever=mode)
+                       query_vector=vector, retriever=mode, scoring=scoring)
 
     def ask(self, question: str, *, history: list[str] | None = None, k: int | None = None,
             retriever: str | None = None, mode: str | None = None,
             on_delta: Callable[[str], None] | None = None, on_status: Callable[[dict], None] | None = None,
-            cancel: threading.Event | None = None) -> Answer:
+            cancel: threading.Event | None = None, scoring: ScoringParams | None = None) -> Answer:
         """Answer a question from the index, with verbatim citations, or refuse.
 
         ``history`` holds the earlier questions of the conversation, oldest first; a follow-up
@@ -180,9 +213,11 @@ class Engine:
         t0 = time.perf_counter()
         q = check_query(question, self.settings)
         resolved = resolve_followup(q, [h for h in (history or []) if isinstance(h, str)])
-        hits = self.search(resolved, k=k, retriever=retriever)
+        vector = self.encoder.encode_queries([check_query(resolved, self.settings)])[0]
+        hits = self.search(resolved, k=k, retriever=retriever, scoring=scoring, query_vector=vector)
         t1 = time.perf_counter()
-        answer = compose_answer(self.index, q, hits, self.settings, retrieval_query=resolved)
+        answer = compose_answer(self.index, q, hits, self.settings, retrieval_query=resolved, query_vector=vector,
+                                scoring=scoring)
         t2 = time.perf_counter()
         timings = {"retrieve_ms": round((t1 - t0) * 1000, 1), "answer_ms": round((t2 - t1) * 1000, 1)}
         if mode == "llm":

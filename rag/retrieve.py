@@ -6,11 +6,11 @@ import numpy as np
 from .config import Settings
 from .errors import BadInput
 from .index import Index
-from .query import analyze_question, fact_match, term_coverage
+from .score import ScoringParams, gather_evidence, load_scoring, remember_evidence, rerank, term_idf
 from .types import Hit
-from .zh import is_han, split_sentences, tokenize
+from .zh import is_han, tokenize
 
-__all__ = ["check_query", "dense_ranking", "bm25_ranking", "fuse_ranks", "rerank", "term_idf", "search", "MAX_K"]
+__all__ = ["check_query", "dense_ranking", "bm25_ranking", "fuse_ranks", "fused_ranking", "term_idf", "search", "MAX_K"]
 
 MAX_K = 100
 
@@ -71,48 +71,6 @@ def fuse_ranks(rankings: list[list[tuple[int, float]]], weights: list[float], k:
     return sorted(fused.items(), key=lambda x: (-x[1], x[0]))
 
 
-_idf_cache: dict[int, dict[str, float]] = {}
-
-
-def term_idf(index: Index) -> dict[str, float]:
-    """BM25-style IDF of every indexed token (from the BM25 index's document frequencies)."""
-    key = id(index.bm25)
-    if key not in _idf_cache:
-        indptr = np.asarray(index.bm25.scores["indptr"])
-        df = np.diff(indptr)
-        n = max(1, len(index.chunks))
-        idf = np.log(1 + (n - df + 0.5) / (df + 0.5))
-        _idf_cache.clear()
-        _idf_cache[key] = {t: float(idf[i]) for t, i in index.bm25.vocab_dict.items() if i < len(idf)}
-    return _idf_cache[key]
-
-
-def rerank(index: Index, query: str, ranked: list[tuple[int, float]], depth: int = 30) -> list[tuple[int, float]]:
-    """Re-order the best fused candidates by how well their single best sentence answers the question:
-    its share of the question's key terms (IDF-weighted, the title counting half) and whether it holds
-    the kind of fact asked for (a rank, a date, a count in the asked-for unit, a list)."""
-    if not ranked:
-        return ranked
-    info = analyze_question(query)
-    idf = term_idf(index)
-    unknown_idf = float(np.log(1 + max(1, len(index.chunks))))
-    top = ranked[:depth]
-    best_fused = top[0][1] or 1.0
-    rescored = []
-    for row, fused in top:
-        chunk = index.chunks[row]
-        title = index.articles[chunk.article_id].title
-        best = 0.0
-        for s, e in split_sentences(chunk.text):
-            sent = chunk.text[s:e]
-            cov = term_coverage(info, sent, idf, context=title, unknown_idf=unknown_idf)
-            best = max(best, cov * (1 + 0.5 * fact_match(info, sent)))
-        whole = term_coverage(info, chunk.text, idf, context=title, unknown_idf=unknown_idf)
-        rescored.append((row, fused / best_fused + best + 0.5 * whole))
-    rescored.sort(key=lambda x: (-x[1], x[0]))
-    return rescored + ranked[depth:]
-
-
 def _dedupe(index: Index, ranked: list[tuple[int, float]], k: int) -> list[tuple[int, float]]:
     """Drop a chunk that mostly repeats better-ranked chunks of the same article."""
     kept: list[tuple[int, float]] = []
@@ -128,11 +86,28 @@ def _dedupe(index: Index, ranked: list[tuple[int, float]], k: int) -> list[tuple
     return kept
 
 
-def search(index: Index, query: str, *, k: int = 5, settings: Settings | None = None,
-           query_vector: np.ndarray | None = None, retriever: str | None = None) -> list[Hit]:
-    """The top ``k`` chunks for a query, by the configured retriever (hybrid, bm25 or dense).
+def fused_ranking(index: Index, query: str, *, settings: Settings, query_vector: np.ndarray | None,
+                  retriever: str, n: int) -> list[tuple[int, float]]:
+    """(chunk row, fused score) pairs of the dense and/or BM25 rankings, best first, before the rerank."""
+    rankings, weights = [], []
+    if retriever in ("hybrid", "dense"):
+        rankings.append(dense_ranking(index, query_vector, n))
+        weights.append(settings.dense_weight)
+    if retriever in ("hybrid", "bm25"):
+        rankings.append(bm25_ranking(index, query, n))
+        weights.append(settings.bm25_weight)
+    if len(rankings) == 1:
+        return rankings[0]
+    return fuse_ranks(rankings, weights, settings.rrf_k)
 
-    ``query_vector`` is the encoded query (needed unless the retriever is bm25).
+
+def search(index: Index, query: str, *, k: int = 5, settings: Settings | None = None,
+           query_vector: np.ndarray | None = None, retriever: str | None = None,
+           scoring: ScoringParams | None = None) -> list[Hit]:
+    """The top ``k`` chunks for a query, by the configured retriever (hybrid, bm25 or dense), reranked
+    by the probability that their best sentence answers the question (``rag.score``).
+
+    ``query_vector`` is the encoded query (needed unless the retriever is bm25 without rerank).
     """
     settings = settings or index.settings
     mode = retriever or settings.retriever
@@ -140,25 +115,21 @@ def search(index: Index, query: str, *, k: int = 5, settings: Settings | None = 
         raise BadInput(f"retriever must be hybrid, bm25 or dense, got {mode!r}")
     q = check_query(query, settings)
     k = check_k(k)
-    n = max(settings.candidates, 4 * k)
-    rankings, weights = [], []
-    if mode in ("hybrid", "dense"):
-        if query_vector is None:
-            raise ValueError("dense retrieval needs the query vector")
-        rankings.append(dense_ranking(index, query_vector, n))
-        weights.append(settings.dense_weight)
-    if mode in ("hybrid", "bm25"):
-        rankings.append(bm25_ranking(index, q, n))
-        weights.append(settings.bm25_weight)
-    if len(rankings) == 1:
-        ranked = rankings[0]
-    else:
-        ranked = fuse_ranks(rankings, weights, settings.rrf_k)
+    params = scoring or load_scoring()
+    if (mode in ("hybrid", "dense") or settings.rerank) and query_vector is None:
+        raise ValueError("dense retrieval and the rerank need the query vector")
+    ranked = fused_ranking(index, q, settings=settings, query_vector=query_vector, retriever=mode,
+                           n=max(settings.candidates, 4 * k))
+    evidence = []
     if settings.rerank:
-        ranked = rerank(index, q, ranked)
+        depth = [(row, rank) for rank, (row, _) in enumerate(ranked[: params.rerank_depth], start=1)]
+        evidence = gather_evidence(index, q, query_vector, depth, params)
+        ranked = rerank(evidence, ranked, {index.chunks[r].chunk_id: r for r, _ in depth}, params)
     hits = []
     for rank, (row, score) in enumerate(_dedupe(index, ranked, k), start=1):
         chunk = index.chunks[row]
         art = index.articles[chunk.article_id]
         hits.append(Hit(rank=rank, score=round(float(score), 6), chunk=chunk, title=art.title, source=art.source))
+    if evidence:
+        remember_evidence(index, q, hits, evidence)
     return hits

@@ -104,6 +104,8 @@ class Answer:
     fallback_reason: str | None = None
     check: dict = field(default_factory=dict)  # llm mode: what the grounding check repaired or dropped
     timings_ms: dict[str, float] = field(default_factory=dict)
+    # the pages hold only a near miss (another place or year), said as such and cited; not an answer
+    partial: bool = False
 
 
 def to_dict(record: Any) -> dict:

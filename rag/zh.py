@@ -11,6 +11,7 @@ from typing import Iterable
 __all__ = [
     "is_han", "is_cjk_punct", "TERMINAL", "MEASURE_WORDS", "ends_sentence", "split_sentences", "fold_width",
     "tokenize", "words", "add_user_words", "char_bigrams", "bigram_share", "extract_terms", "numbers_in", "STOPWORDS",
+    "place_names", "place_key", "years_in", "local_place_names", "add_place_names",
 ]
 
 _HAN_RANGES = ((0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF), (0x20000, 0x2FA1F))
@@ -65,18 +66,12 @@ def split_sentences(text: str) -> list[tuple[int, int]]:
     return spans
 
 
+_WIDTH_TABLE = {cp: cp - 0xFEE0 for cp in range(0xFF01, 0xFF5F)} | {0x3000: 0x20}
+
+
 def fold_width(text: str) -> str:
     """Full-width ASCII letters, digits and signs to half-width; U+3000 to a space. Length-preserving."""
-    out = []
-    for ch in text:
-        cp = ord(ch)
-        if 0xFF01 <= cp <= 0xFF5E:
-            out.append(chr(cp - 0xFEE0))
-        elif cp == 0x3000:
-            out.append(" ")
-        else:
-            out.append(ch)
-    return "".join(out)
+    return text.translate(_WIDTH_TABLE)
 
 
 _NUMBER_RE = re.compile(r"\d+(?:[.,]\d+)*%?")
@@ -180,3 +175,92 @@ def bigram_share(part: str, whole: str, *, digits_only: bool = True) -> float:
         return 0.0
     have = char_bigrams(whole, digits_only=digits_only)
     return sum(1 for g in grams if g in have) / len(grams)
+
+
+# administrative suffixes: a name written before one of them is a place ("海东" in "海东市")
+PLACE_SUFFIXES = "省市州县区镇乡村旗盟"
+# the provincial-level divisions (a gazetteer's top level; the corpus supplies the local names)
+PROVINCES = frozenset("""北京 天津 上海 重庆 河北 山西 辽宁 吉林 黑龙江 江苏 浙江 安徽 福建 江西 山东 河南 湖北 湖南 广东
+海南 四川 贵州 云南 陕西 甘肃 青海 台湾 内蒙古 广西 西藏 宁夏 新疆 香港 澳门""".split())
+# "全市", "我省", "本县", "各区", "开发区": the paper's own area, every area, or a kind of area
+_GENERIC_PLACE = re.compile(rf"^[全本我各该当每此两多外省市州县区][{PLACE_SUFFIXES}]?$|"
+                            r"^(?:全国|国内|国家|地区|城市|社区|园区|开发区|高新区|经开区|景区|市区|城区|农村|乡村|灾区|辖区|牧区)$")
+# the part-of-speech tags of a name (place, person, other proper noun, unknown) — jieba tags many
+# local place names as person names ("格尔木" nr); a common word (v, n, a) before 区 is not a place
+_NAMEISH = ("ns", "nr", "nrt", "nz", "s", "j", "x")
+_YEAR_RE = re.compile(r"(?<!\d)(20\d\d)(?:\s*年)?(?!\d)")
+_places: set[str] = set()  # the place names taught by add_place_names
+
+
+def place_key(name: str) -> str:
+    """A place name without its administrative suffix ("海西州" -> "海西", "格尔木市" -> "格尔木"), so
+    that the short and the full form match."""
+    for suffix in ("自治州", "自治县", "自治区", *PLACE_SUFFIXES):
+        if name.endswith(suffix) and len(name) - len(suffix) >= 2:
+            return name[: -len(suffix)]
+    return name
+
+
+def _places_in_tokens(toks: list[tuple[str, str]], known: set[str]) -> list[str]:
+    out: list[str] = []
+    for i, (w, flag) in enumerate(toks):
+        if len(w) < 2 or not all(is_han(c) for c in w):
+            continue
+        nxt = toks[i + 1][0] if i + 1 < len(toks) else ""
+        name = ""
+        if w in known or w in PROVINCES:
+            name = w
+        elif flag == "ns" and len(w) >= 3 and w[-1] in PLACE_SUFFIXES:
+            name = w
+        elif len(nxt) == 1 and nxt in PLACE_SUFFIXES and nxt not in "村镇乡" and flag in _NAMEISH:
+            name = w + nxt
+        if name and not _GENERIC_PLACE.match(name) and not _GENERIC_PLACE.match(place_key(name)):
+            out.append(name)
+    return out
+
+
+def place_names(text: str) -> list[str]:
+    """Place names in a text, in order, as keys (``place_key``): names the corpus taught
+    (``add_place_names``), provinces, jieba place words ending in an administrative suffix, and names
+    written before one; generic areas ("全市", "我省", "全国") are left out.
+
+    >>> place_names("海西州德令哈市的村集体收益")
+    ['海西', '德令哈']
+    """
+    _jieba()
+    import jieba.posseg as pseg
+
+    toks = [(p.word, p.flag) for p in pseg.lcut(fold_width(text), HMM=False)]
+    return list(dict.fromkeys(place_key(n) for n in _places_in_tokens(toks, _places)))
+
+
+def years_in(text: str) -> list[str]:
+    """Four-digit years 2000-2099 written in a text ("2023年", "2024—2026年")."""
+    return list(dict.fromkeys(m.group(1) for m in _YEAR_RE.finditer(fold_width(text))))
+
+
+def local_place_names(texts: Iterable[str]) -> list[str]:
+    """The places a corpus names, found by rule rather than from a list: names written before an
+    administrative suffix ("海东市"), jieba place words ending in one ("都兰县"), provinces; each
+    also by its key ("海东"). Generic areas ("全市", "开发区") are left out."""
+    _jieba()
+    import jieba.posseg as pseg
+
+    found: set[str] = set()
+    for text in texts:
+        toks = [(p.word, p.flag) for p in pseg.lcut(fold_width(text), HMM=False)]
+        for name in _places_in_tokens(toks, set()):
+            found.add(name)
+            found.add(place_key(name))
+    return sorted(n for n in found if len(n) >= 2)
+
+
+def add_place_names(names: Iterable[str]) -> None:
+    """Teach the tokenizer a corpus's place names, tagged as places (ns)."""
+    jb = _jieba()
+    with _jieba_lock:
+        for w in names:
+            if len(w) >= 2:
+                jb.add_word(w, freq=2000, tag="ns")
+                _places.add(w)
+    _tokenize_cached.cache_clear()

@@ -1,0 +1,529 @@
+"""All scoring in one place: how well a sentence answers a question.
+
+Each candidate sentence (or clause window) of the retrieved chunks gets six features — its share of
+the question's key terms, the encoder's question-to-sentence similarity, whether it holds the kind
+of fact asked for (a rank, a date, a count), whether it is about the asked place and the asked year,
+and its chunk's retrieval rank — combined by one logistic model into the probability that it
+answers the question. The same probability reranks the chunks, picks the answer and decides when to
+refuse. Every weight and threshold lives in one frozen :class:`ScoringParams`, fitted on a question
+set by ``rag eval --fit`` (leave-one-page-out figures are what ``rag eval`` reports) and stored in
+``rag/data/scoring.json``.
+"""
+from __future__ import annotations
+
+import bisect
+import json
+import math
+import re
+import threading
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+
+from .query import SOFT_TERMS, QuestionInfo, analyze_question
+from .zh import (MEASURE_WORDS, add_place_names, fold_width, local_place_names, place_key, place_names,
+                 split_sentences, years_in)
+
+__all__ = ["FEATURES", "ScoringParams", "load_scoring", "save_scoring", "Evidence", "Judgement", "fact_match",
+           "term_coverage", "place_check", "year_check", "describe_sentences", "gather_evidence", "rerank",
+           "judge", "fit_logistic", "SCORING_FILE", "remember_evidence", "evidence_of_hits"]
+
+FEATURES = ("coverage", "similarity", "fact", "place", "year", "prior")
+SCORING_FILE = Path(__file__).parent / "data" / "scoring.json"
+
+
+@dataclass(frozen=True)
+class ScoringParams:
+    """Every weight and threshold of relevance and answerability.
+
+    Attributes:
+        weights: logistic weights, one per name in ``FEATURES``.
+        bias: logistic intercept.
+        threshold: answer when the best sentence's probability is at least this, else refuse (or give
+            a partial answer when only a place or year constraint failed).
+        sim_center, sim_scale: the cosine similarity feature is ``(cos - center) * scale`` (e5 cosines
+            sit in a narrow band; this only rescales, the weight is fitted).
+        rerank_depth: how many fused candidates are rescored.
+        keep_ratio: a further sentence joins the answer when its probability is at least this share of
+            the best one's (and above ``threshold``).
+        length_penalty: per character, so that a clause window wins over its sentence only when it
+            keeps the evidence (breaks near-ties; not fitted).
+        list_items, list_chars: at most this many enumerated items, and characters, in a list answer.
+        l2: ridge penalty of the logistic fit.
+        fitted_on: what the weights were fitted on.
+    """
+
+    weights: tuple[float, ...] = (4.0, 1.5, 1.5, 2.5, 2.0, 1.0)
+    bias: float = -6.0
+    threshold: float = 0.3
+    sim_center: float = 0.8
+    sim_scale: float = 10.0
+    rerank_depth: int = 30
+    keep_ratio: float = 0.85
+    length_penalty: float = 0.0005
+    list_items: int = 6
+    list_chars: int = 360
+    l2: float = 1.0
+    fitted_on: str = "hand-set defaults (not fitted)"
+
+    def __post_init__(self) -> None:
+        if len(self.weights) != len(FEATURES):
+            raise ValueError(f"weights must have {len(FEATURES)} values ({', '.join(FEATURES)}), got {len(self.weights)}")
+
+    def logit(self, features: tuple[float, ...]) -> float:
+        """The linear score of a feature vector."""
+        return self.bias + sum(w * f for w, f in zip(self.weights, features))
+
+    def probability(self, features: tuple[float, ...]) -> float:
+        """The calibrated probability that a sentence with these features answers the question."""
+        z = self.logit(features)
+        return 1.0 / (1.0 + math.exp(-z)) if z > -50 else 0.0
+
+    def to_dict(self) -> dict:
+        """The parameters as a JSON-ready dict (feature names beside the weights)."""
+        d = asdict(self)
+        d["weights"] = dict(zip(FEATURES, self.weights))
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ScoringParams":
+        """Parameters saved by ``to_dict``."""
+        d = dict(d)
+        w = d.get("weights")
+        if isinstance(w, dict):
+            d["weights"] = tuple(float(w[name]) for name in FEATURES)
+        elif w is not None:
+            d["weights"] = tuple(float(x) for x in w)
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+_loaded: dict[str, ScoringParams] = {}
+
+
+def load_scoring(path: str | Path | None = None) -> ScoringParams:
+    """The fitted parameters (``rag/data/scoring.json``), or the hand-set defaults if none were fitted."""
+    path = Path(path) if path else SCORING_FILE
+    key = str(path)
+    if key not in _loaded:
+        _loaded[key] = (ScoringParams.from_dict(json.loads(path.read_text(encoding="utf-8")))
+                        if path.is_file() else ScoringParams())
+    return _loaded[key]
+
+
+def save_scoring(params: ScoringParams, path: str | Path | None = None) -> Path:
+    """Write fitted parameters as JSON."""
+    path = Path(path) if path else SCORING_FILE
+    path.write_text(json.dumps(params.to_dict(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    _loaded.pop(str(path), None)
+    return path
+
+
+# --- rule 1: term coverage ------------------------------------------------------------------------
+
+def term_coverage(info: QuestionInfo, text: str, idf: dict[str, float], *, context: str = "",
+                  unknown_idf: float = 5.0, corpus: str = "", folded: bool = False) -> float:
+    """IDF-weighted share of the question's terms in the text (terms only in the article count half;
+    generic question nouns count little; a term the newspapers never mention counts extra).
+    ``folded``: the context is already width-folded and lower-cased."""
+    s = fold_width(text).lower()
+    c = context if folded else fold_width(context).lower()
+    total = got = 0.0
+    han = sum(1 for ch in info.text if "\u4e00" <= ch <= "\u9fff")
+    english = han < sum(1 for ch in info.text if ch.isascii() and ch.isalpha())
+    for t in info.terms:
+        w = idf.get(t, unknown_idf) * (0.3 if t in SOFT_TERMS else 1.0)
+        if corpus and t not in corpus and t not in SOFT_TERMS:
+            # in an English question, a word the Chinese sources never use says little; in a
+            # Chinese question it may be a concept they do not cover, or everyday wording for one
+            # they do (the similarity feature tells those apart)
+            w *= 0.3 if t.isascii() and english else 1.5
+        total += w
+        if t in s:
+            got += w
+        elif t in c:
+            got += 0.5 * w
+    for num in info.numbers:  # a number in the question must be in the evidence, with its unit
+        total += 3.0
+        got += 3.0 if num in s else 0.0
+    return got / total if total else 0.0
+
+
+# --- rule 2: the asked-for fact -------------------------------------------------------------------
+
+_NUM = r"(?:\d+(?:\.\d+)?|[一二三四五六七八九十百千万两]+)"
+_RANK_A = re.compile(rf"第{_NUM}|位列|\d+位|排名|居全国|排第|前{_NUM}")
+_DATE_A = re.compile(r"\d{4}年|\d{1,2}月\d{1,2}日|\d{1,2}月|\d{1,2}日")
+_DATE_IN_TEXT = re.compile(r"\d{4}年(?:\d{1,2}月)?(?:\d{1,2}日)?|\d{1,2}月(?:\d{1,2}日)?|\d{1,2}日")
+_NUMBER_A = re.compile(rf"{_NUM}\s*(?:%|％|[{MEASURE_WORDS}])|\d")
+# measure words that count the same things ("多少名" is answered by "73人")
+_SAME_MEASURE = {"名": "名人位", "人": "人名位", "位": "位名人", "个": "个项处家所", "项": "项个", "钱": "元",
+                 "家": "家个户所"}
+
+
+def fact_match(info: QuestionInfo, sentence: str) -> float:
+    """Whether a sentence holds the kind of fact asked for (0..1): a rank for 第几, a date for
+    什么时候, a number (in the asked unit) for 多少/几; 1 when the question asks for no such fact.
+    Numbers the question itself contains ("2024年的…是多少") are not an answer."""
+    if info.kind not in ("rank", "date", "count"):
+        return 1.0
+    s = fold_width(sentence)
+    for num in sorted(info.numbers, key=len, reverse=True):
+        s = s.replace(num, " ")
+    if info.kind == "rank":
+        return 1.0 if _RANK_A.search(s) else 0.0
+    if info.kind == "date":
+        return 1.0 if _DATE_A.search(s) else 0.0
+    units = _SAME_MEASURE.get(info.measure, info.measure)
+    if units and re.search(rf"{_NUM}\s*(?:万|亿)?[{re.escape(units)}]", s):
+        return 1.0
+    return 0.5 if _NUMBER_A.search(_DATE_IN_TEXT.sub(" ", s)) else 0.0  # a date does not answer 多少
+
+
+# --- rules 3 and 4: the asked place and year ------------------------------------------------------
+
+_OWN_AREA = re.compile(r"[我本全][市州县区]")
+
+
+@dataclass(frozen=True)
+class SentenceFacts:
+    """What the index knows of one sentence: its span, places and years (computed at index time)."""
+
+    article_id: str
+    start: int
+    end: int
+    places: tuple[str, ...] = ()
+    years: tuple[str, ...] = ()
+
+
+def describe_sentences(articles) -> list[SentenceFacts]:
+    """The sentences of every article with their places and years (the index's sentence table)."""
+    articles = list(articles)
+    add_place_names(local_place_names(a.title + "\n" + a.text for a in articles))
+    out = []
+    for a in articles:
+        for s, e in split_sentences(a.text):
+            t = a.text[s:e]
+            out.append(SentenceFacts(a.article_id, s, e, tuple(place_names(t)), tuple(years_in(t))))
+    return out
+
+
+def _related(a: str, b: str) -> bool:
+    return a in b or b in a
+
+
+def place_check(asked: tuple[str, ...], sentence_places: tuple[str, ...], article_places: tuple[str, ...]) -> tuple[str, ...]:
+    """The asked places the evidence is not about (empty: the constraint holds).
+
+    A sentence about its own place answers for that place only; a sentence naming none speaks for
+    its article's places (title, most frequent place, the paper's city for "我市")."""
+    missing = []
+    for q in asked:
+        if any(_related(q, p) for p in sentence_places):
+            continue
+        if sentence_places:  # the sentence is about somewhere else
+            missing.append(q)
+        elif not any(_related(q, p) for p in article_places):
+            missing.append(q)
+    return tuple(missing)
+
+
+def year_check(asked: tuple[str, ...], sentence_years: tuple[str, ...], article_years: tuple[str, ...]) -> tuple[str, ...]:
+    """The asked years the evidence does not speak for (a sentence with its own year speaks for that one)."""
+    missing = []
+    for y in asked:
+        if y in sentence_years:
+            continue
+        if sentence_years or y not in article_years:
+            missing.append(y)
+    return tuple(missing)
+
+
+class SentenceTable:
+    """The index's sentence facts and vectors, looked up by article and offset."""
+
+    def __init__(self, facts: list[SentenceFacts | dict], vectors: np.ndarray, articles: dict):
+        facts = [f if isinstance(f, SentenceFacts) else
+                 SentenceFacts(f["article_id"], f["start"], f["end"], tuple(f.get("places", ())), tuple(f.get("years", ())))
+                 for f in facts]
+        self.facts = facts
+        self.vectors = vectors
+        self._by_article: dict[str, tuple[list[int], list[int]]] = {}
+        for i, f in enumerate(facts):
+            starts, rows = self._by_article.setdefault(f.article_id, ([], []))
+            starts.append(f.start)
+            rows.append(i)
+        self.article_places: dict[str, tuple[str, ...]] = {}
+        self.article_years: dict[str, tuple[str, ...]] = {}
+        page_counts: dict[str, dict[str, int]] = {}
+        per_article: dict[str, dict[str, int]] = {}
+        for f in facts:
+            counts = per_article.setdefault(f.article_id, {})
+            for p in f.places:
+                counts[p] = counts.get(p, 0) + 1
+        for aid, art in articles.items():
+            counts = per_article.get(aid, {})
+            pc = page_counts.setdefault(art.source, {})
+            for p, n in counts.items():
+                pc[p] = pc.get(p, 0) + n
+        # the paper's own city: the place its pages name most often ("我市" means it)
+        self.page_place = {src: max(c, key=lambda p: (c[p], p)) for src, c in page_counts.items() if c}
+        for aid, art in articles.items():
+            counts = per_article.get(aid, {})
+            own = list(place_names(art.title))
+            if counts:
+                own.append(max(counts, key=lambda p: (counts[p], p)))
+            if _OWN_AREA.search(art.text) and art.source in self.page_place:
+                own.append(self.page_place[art.source])
+            self.article_places[aid] = tuple(dict.fromkeys(own))
+            self.article_years[aid] = tuple(years_in(art.title + "\n" + art.text))
+
+    def row_at(self, article_id: str, pos: int) -> int | None:
+        """The sentence row holding article position ``pos``."""
+        found = self._by_article.get(article_id)
+        if not found:
+            return None
+        starts, rows = found
+        i = bisect.bisect_right(starts, pos) - 1
+        return rows[i] if i >= 0 else None
+
+
+# --- gathering evidence -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Evidence:
+    """A sentence (or clause window) of a retrieved chunk with its features."""
+
+    chunk_id: str
+    article_id: str
+    rank: int  # fused retrieval rank of its chunk
+    start: int  # offsets in the article text
+    end: int
+    text: str
+    features: tuple[float, ...]
+    missing_places: tuple[str, ...] = ()
+    missing_years: tuple[str, ...] = ()
+    about_places: tuple[str, ...] = ()  # the places and years the evidence is about (partial answers)
+    about_years: tuple[str, ...] = ()
+
+
+_CLAUSE_END = "，,；;：:"
+
+
+def _windows(text: str, start: int, end: int) -> list[tuple[int, int]]:
+    """The sentence and its windows of up to three consecutive clauses (to trim long sentences)."""
+    spans = [(start, end)]
+    if end - start <= 50:
+        return spans
+    cuts = [start] + [i + 1 for i in range(start, end - 1) if text[i] in _CLAUSE_END] + [end]
+    clauses = list(zip(cuts, cuts[1:]))
+    for i in range(len(clauses)):
+        for j in range(i, min(len(clauses), i + 3)):
+            if (i, j) != (0, len(clauses) - 1):
+                spans.append((clauses[i][0], clauses[j][1]))
+    return spans
+
+
+_blobs: dict[int, str] = {}
+_idf: dict[int, dict[str, float]] = {}
+_tables: dict[int, SentenceTable] = {}
+_lock = threading.Lock()
+
+
+def _corpus_text(index) -> str:
+    key = id(index)
+    if key not in _blobs:
+        _blobs.clear()
+        _blobs[key] = fold_width("\n".join(a.title + "\n" + a.text for a in index.articles.values())).lower()
+    return _blobs[key]
+
+
+def term_idf(index) -> dict[str, float]:
+    """BM25-style IDF of every indexed token (from the BM25 index's document frequencies)."""
+    key = id(index.bm25)
+    if key not in _idf:
+        indptr = np.asarray(index.bm25.scores["indptr"])
+        df = np.diff(indptr)
+        n = max(1, len(index.chunks))
+        idf = np.log(1 + (n - df + 0.5) / (df + 0.5))
+        _idf.clear()
+        _idf[key] = {t: float(idf[i]) for t, i in index.bm25.vocab_dict.items() if i < len(idf)}
+    return _idf[key]
+
+
+def sentence_table(index) -> SentenceTable:
+    """The index's sentence table (built once per loaded index)."""
+    key = id(index)
+    with _lock:
+        if key not in _tables:
+            _tables.clear()
+            _tables[key] = SentenceTable(index.sentences, index.sentence_vectors, index.articles)
+        return _tables[key]
+
+
+def gather_evidence(index, query: str, query_vector: np.ndarray, ranked: list[tuple[int, int]],
+                    params: ScoringParams) -> list[Evidence]:
+    """Features of every sentence (and, for number/date/rank questions, clause window) of the given
+    chunks, as (chunk row, fused rank) pairs. Parameter-free apart from the similarity rescaling."""
+    info = analyze_question(query)
+    idf = term_idf(index)
+    unknown_idf = math.log(1 + max(1, len(index.chunks)))
+    corpus = _corpus_text(index)
+    table = sentence_table(index)
+    qv = np.asarray(query_vector, dtype=np.float32).reshape(-1)
+    windows = info.kind in ("count", "rank", "date")
+    seen: set[tuple[str, int, int]] = set()
+    out: list[Evidence] = []
+    for row, rank in ranked:
+        chunk = index.chunks[row]
+        art = index.articles[chunk.article_id]
+        context = fold_width(art.title + "\n" + art.text).lower()
+        a_places = table.article_places.get(art.article_id, ())
+        a_years = table.article_years.get(art.article_id, ())
+        for s, e in split_sentences(chunk.text):
+            a0, a1 = chunk.start + s, chunk.start + e
+            srow = table.row_at(art.article_id, a0)
+            facts = table.facts[srow] if srow is not None else None
+            sim = float(table.vectors[srow] @ qv) if srow is not None else params.sim_center
+            s_places = facts.places if facts else ()
+            s_years = facts.years if facts else ()
+            miss_p = place_check(info.places, s_places, a_places)
+            miss_y = year_check(info.years, s_years, a_years)
+            for w0, w1 in (_windows(art.text, a0, a1) if windows else [(a0, a1)]):
+                if (art.article_id, w0, w1) in seen:
+                    continue
+                seen.add((art.article_id, w0, w1))
+                t = art.text[w0:w1]
+                feats = (term_coverage(info, t, idf, context=context, unknown_idf=unknown_idf, corpus=corpus,
+                                       folded=True),
+                         (sim - params.sim_center) * params.sim_scale,
+                         fact_match(info, t),
+                         0.0 if miss_p else 1.0,
+                         0.0 if miss_y else 1.0,
+                         1.0 / rank)
+                out.append(Evidence(chunk.chunk_id, art.article_id, rank, w0, w1, t, feats, miss_p, miss_y,
+                                    s_places or a_places, s_years))
+    return out
+
+
+def rerank(evidence: list[Evidence], ranked: list[tuple[int, float]], chunk_rows: dict[str, int],
+           params: ScoringParams) -> list[tuple[int, float]]:
+    """Re-order fused candidates by the probability of their best sentence (deeper ones keep their order)."""
+    best: dict[int, float] = {}
+    for ev in evidence:
+        row = chunk_rows[ev.chunk_id]
+        p = params.probability(ev.features)
+        if p > best.get(row, -1.0):
+            best[row] = p
+    depth = ranked[: params.rerank_depth]
+    rescored = [(row, best.get(row, 0.0) + 1e-3 * fused) for row, fused in depth]
+    rescored.sort(key=lambda x: (-x[1], x[0]))
+    return rescored + ranked[params.rerank_depth:]
+
+
+# --- the decision ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Judgement:
+    """What the evidence supports: an answer (``chosen``), a partial answer (``partial``) or nothing."""
+
+    probability: float
+    chosen: tuple[Evidence, ...] = ()
+    partial: Evidence | None = None
+    scores: dict = field(default_factory=dict)
+
+
+def _value(ev: Evidence, params: ScoringParams) -> float:
+    return params.probability(ev.features) - params.length_penalty * len(ev.text)
+
+
+def judge(evidence: list[Evidence], params: ScoringParams, *, limit: int = 3) -> Judgement:
+    """Choose the answer sentences, or the near miss to report, or nothing (refuse)."""
+    if not evidence:
+        return Judgement(0.0)
+    ranked = sorted(evidence, key=lambda ev: -_value(ev, params))
+    best = ranked[0]
+    p_best = params.probability(best.features)
+    if p_best >= params.threshold:
+        chosen = [best]
+        for ev in ranked[1:]:
+            p = params.probability(ev.features)
+            if len(chosen) >= limit or p < max(params.threshold, params.keep_ratio * p_best):
+                break
+            if any(ev.article_id == x.article_id and ev.start < x.end and x.start < ev.end for x in chosen):
+                continue
+            chosen.append(ev)
+        return Judgement(p_best, tuple(chosen))
+    # a near miss: evidence that would answer if only the place or year were the asked one
+    def relaxed(ev: Evidence) -> float:
+        f = list(ev.features)
+        f[3] = f[4] = 1.0
+        return params.probability(tuple(f))
+    misses = [ev for ev in evidence if ev.missing_places or ev.missing_years]
+    if misses:
+        near = max(misses, key=lambda ev: relaxed(ev) - params.length_penalty * len(ev.text))
+        if relaxed(near) >= params.threshold:
+            return Judgement(p_best, (), near)
+    return Judgement(p_best)
+
+
+# --- fitting --------------------------------------------------------------------------------------
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, *, l2: float = 1.0, sample_weight: np.ndarray | None = None,
+                 iterations: int = 50) -> tuple[np.ndarray, float]:
+    """Ridge-penalised logistic regression by Newton's method; returns (weights, bias).
+
+    >>> w, b = fit_logistic(np.array([[0.], [1.], [2.], [3.]]), np.array([0, 0, 1, 1]), l2=0.1)
+    >>> bool(w[0] > 0)
+    True
+    """
+    n, d = x.shape
+    sw = np.ones(n) if sample_weight is None else np.asarray(sample_weight, dtype=float)
+    xb = np.hstack([x, np.ones((n, 1))])
+    theta = np.zeros(d + 1)
+    reg = np.full(d + 1, l2)
+    reg[-1] = 0.0  # the intercept is not penalised
+    for _ in range(iterations):
+        z = np.clip(xb @ theta, -30, 30)
+        p = 1 / (1 + np.exp(-z))
+        grad = xb.T @ (sw * (p - y)) + reg * theta
+        h = (xb * (sw * p * (1 - p))[:, None]).T @ xb + np.diag(reg) + 1e-9 * np.eye(d + 1)
+        step = np.linalg.solve(h, grad)
+        theta -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    return theta[:-1], float(theta[-1])
+
+
+# --- the evidence of a search, kept for its answer -------------------------------------------------
+
+_remembered: dict[tuple, list[Evidence]] = {}
+
+
+def _hits_key(index, query: str, hits) -> tuple:
+    return (id(index), query, tuple(h.chunk.chunk_id for h in hits))
+
+
+def remember_evidence(index, query: str, hits, evidence: list[Evidence]) -> None:
+    """Keep the evidence a search scored, so that answering its hits does not score them again."""
+    ids = {h.chunk.chunk_id for h in hits}
+    with _lock:
+        while len(_remembered) >= 32:
+            _remembered.pop(next(iter(_remembered)))
+        _remembered[_hits_key(index, query, hits)] = [ev for ev in evidence if ev.chunk_id in ids]
+
+
+def evidence_of_hits(index, query: str, hits, query_vector: np.ndarray | None, params: ScoringParams) -> list[Evidence]:
+    """The scored sentences of a search's hits (remembered from the search, else scored now with the
+    hits' ranks as their retrieval ranks)."""
+    with _lock:
+        found = _remembered.get(_hits_key(index, query, hits))
+    if found is not None:
+        return found
+    if query_vector is None:
+        from .embed import get_encoder
+
+        query_vector = get_encoder(index.settings).encode_queries([query])[0]
+    rows = {c.chunk_id: i for i, c in enumerate(index.chunks)}
+    return gather_evidence(index, query, query_vector, [(rows[h.chunk.chunk_id], h.rank) for h in hits], params)

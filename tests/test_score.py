@@ -1,0 +1,189 @@
+"""The scoring rules, one table each: term coverage, the asked-for fact, place and year constraints,
+list items, the logistic fit and the answer/partial/refuse decision."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from rag.answer import list_items
+from rag.evaluate import gold_spans, load_qa
+from rag.query import analyze_question, resolve_followup
+from rag.score import (FEATURES, Evidence, ScoringParams, fact_match, fit_logistic, judge, load_scoring, place_check,
+                       save_scoring, term_coverage, year_check)
+from rag.zh import add_place_names, local_place_names, place_key, place_names, years_in
+
+
+CORPUS = ["西宁市锂电产业集聚区建设提速，深度融入全国市场。", "海西州德令哈市、都兰县和海东市的干部来到全市各区。"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def corpus_places():
+    """The place names an index of CORPUS teaches the tokenizer."""
+    add_place_names(local_place_names(CORPUS))
+
+
+def test_local_place_names_come_from_the_corpus_by_rule():
+    names = local_place_names(CORPUS)
+    assert {"西宁市", "西宁", "海西州", "海西", "德令哈", "都兰县", "海东市", "海东"} <= set(names)
+    assert not {"深度", "全市", "集聚区", "集聚", "各区"} & set(names)
+
+
+@pytest.mark.parametrize("text, places", [
+    ("海西州德令哈市的村集体收益", ["海西", "德令哈"]),
+    ("深度挖掘人才潜力", []),                        # jieba tags 深度 ns: not a place by our rules
+    ("拉萨市的房价", ["拉萨"]),                       # a name before a suffix, though the corpus lacks it
+    ("北京的天气", ["北京"]),
+    ("西宁的开发区在全国排第几？", ["西宁"]),
+    ("我市全市56家单位开展考核", []),            # the paper's own area is not a named place
+    ("全省共选聘6845名普查员", []),
+    ("青海省西宁市", ["青海", "西宁"]),
+    ("都兰县组织党员干部下沉一线", ["都兰"]),
+])
+def test_place_names(text, places):
+    assert place_names(text) == places
+
+
+@pytest.mark.parametrize("name, key", [("海西州", "海西"), ("格尔木市", "格尔木"), ("西宁", "西宁"), ("市", "市"),
+                                       ("海南藏族自治州", "海南藏族")])
+def test_place_key(name, key):
+    assert place_key(name) == key
+
+
+@pytest.mark.parametrize("text, years", [
+    ("2023年度村均收益达24.74万元", ["2023"]),
+    ("《行动方案（2024—2026年）》", ["2024", "2026"]),
+    ("增长了12345元，共20人", []),
+    ("２０２２年", ["2022"]),
+])
+def test_years_in(text, years):
+    assert years_in(text) == years
+
+
+@pytest.mark.parametrize("asked, sentence, article, missing", [
+    (("德令哈",), (), ("海西",), ("德令哈",)),           # the page has the prefecture's figure only
+    (("海西",), (), ("海西",), ()),                     # the sentence speaks for its article's place
+    (("西宁",), ("格尔木",), ("格尔木",), ("西宁",)),     # the sentence names another place
+    (("格尔木",), ("格尔木",), ("海西",), ()),           # the sentence's own place wins
+    (("青海",), ("青海省西宁",), (), ()),               # a longer name holding the asked one
+    ((), ("西宁",), ("西宁",), ()),                     # nothing asked: nothing missing
+])
+def test_place_check(asked, sentence, article, missing):
+    assert place_check(asked, sentence, article) == missing
+
+
+@pytest.mark.parametrize("asked, sentence, article, missing", [
+    (("2024",), ("2023",), ("2023", "2024"), ("2024",)),  # the sentence is about another year
+    (("2023",), (), ("2023",), ()),                       # the article gives the year
+    (("2022",), (), ("2023",), ("2022",)),
+    ((), ("2023",), (), ()),
+])
+def test_year_check(asked, sentence, article, missing):
+    assert year_check(asked, sentence, article) == missing
+
+
+@pytest.mark.parametrize("question, sentence, expected", [
+    ("格尔木的开发区在全国排第几？", "位列全国第八名", 1.0),
+    ("格尔木的开发区在全国排第几？", "开发区建设取得新成效", 0.0),
+    ("五经普登记工作从哪天开始？", "将在2024年1月1日正式开启", 1.0),
+    ("海西州引进了多少个创新创业团队？", "引进创新创业团队46个", 1.0),
+    ("海西州引进了多少个创新创业团队？", "2023年引进团队", 0.0),    # a date does not answer 多少
+    ("2024年的产值是多少？", "2024年产值创新高", 0.0),             # the question's own number is no answer
+    ("电子劳动合同有什么好处？", "实现了全程无纸化", 1.0),          # no fact asked: neutral
+])
+def test_fact_match(question, sentence, expected):
+    assert fact_match(analyze_question(question), sentence) == expected
+
+
+@pytest.mark.parametrize("text, context, expected", [
+    ("西宁实现锂电池产能32.5吉瓦时", "", 1.0),
+    ("实现锂电池产能32.5吉瓦时", "西宁", (3 + 2 + 0.5 * 2) / 7),   # a term only in the article counts half
+    ("格尔木发放奖励资金146万元", "", 0.0),
+])
+def test_term_coverage(text, context, expected):
+    idf = {"西宁": 2.0, "锂电池": 3.0, "产能": 2.0}
+    info = analyze_question("西宁的锂电池产能是多少？")
+    assert info.terms == ("西宁", "锂电池", "产能")
+    assert term_coverage(info, text, idf, context=context) == pytest.approx(expected)
+
+
+def test_list_items_take_the_enumeration_near_the_evidence():
+    text = ("开头一句。一是甲。二是乙。三是丙。中间很多话。再说一句。还有一句。又一句。"
+            "（一）第一项。（二）第二项。")
+    assert [text[s:e] for s, e in list_items(text, 0)] == ["一是甲。", "二是乙。", "三是丙。"]
+    far = text.index("（一）")
+    assert [text[s:e] for s, e in list_items(text, far)] == ["（一）第一项。", "（二）第二项。"]
+    heads = "总述。\n筑牢红色堡垒\n正文。\n激活人才引擎\n正文。"
+    assert [heads[s:e] for s, e in list_items(heads, 0)] == ["筑牢红色堡垒", "激活人才引擎"]
+    assert list_items("没有列举的文章。只有一句。", 0) == []
+    assert len(list_items("。".join(f"{n}是第{n}项" for n in "一二三四五六七八") + "。", 0, max_items=4)) == 4
+
+
+def test_fit_logistic_recovers_a_separating_direction():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 2))
+    y = (x[:, 0] - 0.5 * x[:, 1] > 0).astype(float)
+    w, b = fit_logistic(x, y, l2=0.01)
+    assert w[0] > 0 > w[1] and abs(b) < 1.0
+    assert ((x @ w + b > 0) == (y == 1)).mean() > 0.97
+
+
+def _ev(features, *, missing_places=(), missing_years=(), start=0):
+    return Evidence("c", "a", 1, start, start + 10, "x" * 10, tuple(features), missing_places, missing_years)
+
+
+@pytest.mark.parametrize("features, missing, outcome", [
+    ((1, 1, 1, 1, 1, 1), (), "answer"),
+    ((0, 0, 0, 1, 1, 1), (), "refuse"),
+    ((1, 1, 1, 0, 1, 1), ("德令哈",), "partial"),   # would answer but for the place
+    ((0, 0, 0, 0, 1, 1), ("德令哈",), "refuse"),    # another place, and no answer either
+])
+def test_judge_answers_reports_a_near_miss_or_refuses(features, missing, outcome):
+    params = ScoringParams(weights=(3, 1, 1, 4, 4, 0), bias=-9.5, threshold=0.5)
+    verdict = judge([_ev(features, missing_places=missing)], params)
+    got = "answer" if verdict.chosen else "partial" if verdict.partial else "refuse"
+    assert got == outcome
+
+
+def test_params_round_trip_and_the_shipped_file_is_fitted(tmp_path):
+    p = ScoringParams(weights=tuple(float(i) for i in range(len(FEATURES))), bias=-1.5, threshold=0.4, fitted_on="t")
+    path = save_scoring(p, tmp_path / "s.json")
+    d = json.loads(path.read_text(encoding="utf-8"))
+    assert list(d["weights"]) == list(FEATURES)
+    assert load_scoring(path) == p
+    shipped = load_scoring()
+    assert "not fitted" not in shipped.fitted_on and 0 < shipped.threshold < 1
+    with pytest.raises(ValueError, match="weights must have"):
+        ScoringParams(weights=(1.0,))
+
+
+@pytest.mark.parametrize("text, gold, found", [
+    ("位列128位，较上年度跃升85位。", "较上年度跃升85位", "较上年度跃升85位"),
+    ("全省共选聘6845名普查员,普查指导员", "6845名普查员，普查指导员", "6845名普查员,普查指导员"),
+    ("电子 劳动合同182份", "电子劳动合同182份", "电子 劳动合同182份"),
+    ("没有这句话", "另一句", None),
+])
+def test_gold_spans_tolerate_repair_changes(text, gold, found):
+    spans = gold_spans(text, gold)
+    assert (text[spans[0][0]:spans[0][1]] if spans else None) == found
+
+
+@pytest.mark.parametrize("question, previous, expected", [
+    ("那西宁呢？", ["格尔木的开发区在全国排第几？"], "西宁的开发区在全国排第几？"),
+    ("那2022年呢？", ["海西州2023年村集体平均收益是多少？"], "海西州2022年村集体平均收益是多少？"),
+])
+def test_follow_ups_substitute_the_entity(question, previous, expected):
+    assert resolve_followup(question, previous) == expected
+
+
+def test_load_qa_reads_kinds_pages_and_histories(tmp_path):
+    path = tmp_path / "qa.jsonl"
+    path.write_text("\n".join(json.dumps(d, ensure_ascii=False) for d in [
+        {"id": "r1", "page": "000", "question": "那西宁呢？", "kind": "followup", "answerable": False,
+         "history": [{"question": "格尔木的开发区在全国排第几？", "answer": "…"}]},
+        {"id": "r2", "question": "格尔木的开发区在全国排第几？", "gold": "位列128位", "facts": ["128"]},
+    ]), encoding="utf-8")
+    a, b = load_qa(path)
+    assert a.history == ("格尔木的开发区在全国排第几？",) and a.kind == "followup" and a.page == "000"
+    assert b.group == "fact" and a.group == "followup"
