@@ -86,8 +86,7 @@ def _queries(arg: str | None):
 
 
 def _hit_json(h) -> dict:
-    return {"rank": h.rank, "score": h.score, "chunk_id": h.chunk.chunk_id, "article_id": h.chunk.article_id,
-            "title": h.title, "source": h.source, "text": h.chunk.text}
+    return h.to_json()  # the same object as POST /api/search
 
 
 def _engine(args: argparse.Namespace, **overrides):
@@ -130,18 +129,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 
 def _answer_json(ans) -> dict:
-    from .types import to_dict
-
-    d = {"question": ans.question, "answer": ans.answer, "refused": ans.refused,
-         "citations": [{k: v for k, v in to_dict(c).items()} for c in ans.citations],
-         "related": list(ans.related), "mode": ans.mode, "timings_ms": ans.timings_ms}
-    if ans.resolved_question:
-        d["resolved_question"] = ans.resolved_question
-    if ans.fallback_reason:
-        d["fallback_reason"] = ans.fallback_reason
-    if ans.check:
-        d["check"] = ans.check
-    return d
+    return ans.to_json()  # the same object as POST /api/ask
 
 
 def _cmd_ask(args: argparse.Namespace) -> int:
@@ -249,9 +237,15 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from .ui import serve
+    import os
 
-    serve(index_dir=args.index, seeds=args.seeds, host=args.host, port=args.port, settings=_settings(args))
+    from .api import ApiOptions, serve
+
+    options = ApiOptions(api_key=args.api_key or os.environ.get("RAG_API_KEY") or None,
+                         max_body_bytes=args.max_body, rate_per_minute=args.rate_limit, burst=args.burst,
+                         allow_uploads=args.allow_uploads, cors_origins=tuple(args.cors_origin or ()))
+    serve(index_dir=args.index, seeds=args.seeds, host=args.host, port=args.port, settings=_settings(args),
+          options=options)
     return 0
 
 
@@ -319,9 +313,19 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(func=_cmd_eval)
 
-    p = sub.add_parser("serve", help="serve the web chat (Gradio) and its API")
+    p = sub.add_parser("serve", help="serve the web chat, the REST API and the OpenAI-compatible API")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--api-key", default=None, help="require Authorization: Bearer KEY on the API and this key as "
+                                                  "the chat's login password (default: $RAG_API_KEY; none: open)")
+    p.add_argument("--max-body", type=int, default=1 << 20, metavar="BYTES",
+                   help="larger request bodies get 413 before they are read (default: 1048576)")
+    p.add_argument("--rate-limit", type=float, default=120, metavar="PER_MINUTE",
+                   help="API requests per minute per client address, 0 for none (default: 120)")
+    p.add_argument("--burst", type=int, default=30, help="requests a client may make at once (default: 30)")
+    p.add_argument("--allow-uploads", action="store_true", help="open Gradio's file upload route (closed by default)")
+    p.add_argument("--cors-origin", action="append", metavar="ORIGIN",
+                   help="allow browser calls from this origin (repeatable; default: CORS off)")
     llm_opts(p)
     common(p, seeds=True)
     p.set_defaults(func=_cmd_serve)

@@ -36,6 +36,10 @@ class Article:
     provisional_title: bool = False
     segments: tuple[Segment, ...] = ()
 
+    def to_json(self) -> dict:
+        """The article as ``rag articles --json`` and ``GET /api/articles`` print it (no raw-line map)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "segments"}
+
     def raw_offset(self, pos: int) -> tuple[int, int]:
         """Return (raw page offset, raw line number) of character ``pos`` of ``text``."""
         if not 0 <= pos < len(self.text):
@@ -75,6 +79,12 @@ class Hit:
     title: str
     source: str
 
+    def to_json(self) -> dict:
+        """The hit as ``rag search --json`` and ``POST /api/search`` print it (the chunk flattened in)."""
+        return {"rank": self.rank, "score": self.score, "chunk_id": self.chunk.chunk_id,
+                "article_id": self.chunk.article_id, "title": self.title, "source": self.source,
+                "text": self.chunk.text}
+
 
 @dataclass(frozen=True)
 class Citation:
@@ -106,6 +116,18 @@ class Answer:
     timings_ms: dict[str, float] = field(default_factory=dict)
     # the pages hold only a near miss (another place or year), said as such and cited; not an answer
     partial: bool = False
+
+    # written last, and only when set (not None, not empty)
+    _OPTIONAL_JSON = ("resolved_question", "fallback_reason", "check")
+
+    def to_json(self) -> dict:
+        """The answer as ``rag ask --json`` and the HTTP API print it: every field in order, then the
+        optional ones that are set."""
+        d = dataclasses.asdict(self)
+        out = {k: v for k, v in d.items() if k not in self._OPTIONAL_JSON}
+        out.update((k, d[k]) for k in self._OPTIONAL_JSON if d[k] not in (None, "", {}))
+        out["citations"], out["related"] = list(out["citations"]), list(out["related"])
+        return out
 
 
 def to_dict(record: Any) -> dict:

@@ -1,0 +1,597 @@
+"""The HTTP server: REST routes, an OpenAI-compatible chat endpoint and the Gradio chat at ``/``, one
+ASGI app behind an optional API key, a request-size limit and a per-client rate limit.
+
+>>> serve("index", host="127.0.0.1", port=7860, options=ApiOptions(api_key="s3cret"))  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import math
+import re
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .config import Settings
+from .errors import BadInput, IndexFormat, IndexNotFound, IndexStale, ModelError, RagError
+
+__all__ = ["ApiOptions", "TokenBuckets", "build_server", "serve", "MODELS"]
+
+log = logging.getLogger("rag")
+
+# OpenAI model names -> answer modes
+MODELS = {"rag-extractive": "extractive", "rag-llm": "llm"}
+# the extra field of a chat completion (and of its last streamed chunk) holding the `rag ask --json` object
+EXTRA_FIELD = "rag"
+NO_FILTERS = ("暂不支持筛选：版面还没有报纸、日期、地区等元数据",
+              "filters are not supported yet: no page metadata (paper, date, region)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ApiOptions:
+    """What guards the server: key, body limit, rate limit, uploads, CORS, concurrent answers."""
+
+    api_key: str | None = None  # when set: Bearer on /api, /v1 and /healthz; a login for the chat
+    max_body_bytes: int = 1 << 20
+    rate_per_minute: float = 120.0  # per client address; 0 turns the limit off
+    burst: int = 30
+    allow_uploads: bool = False
+    cors_origins: tuple[str, ...] = ()
+    max_concurrent: int = 4  # answers computed at once per mode; the rest wait
+    queue_timeout_s: float = 120.0
+
+    def __post_init__(self) -> None:
+        if self.max_body_bytes < 1024:
+            raise BadInput(f"the body limit must be at least 1024 bytes, got {self.max_body_bytes}")
+        if self.rate_per_minute < 0 or self.burst < 1:
+            raise BadInput(f"rate limit must be >= 0 and burst >= 1, got {self.rate_per_minute} and {self.burst}")
+        if self.api_key is not None and not self.api_key.strip():
+            raise BadInput("the API key is empty")
+
+
+class ApiError(Exception):
+    """An error answered as JSON ``{"error": {"message", "type", "param", "code"}}``."""
+
+    def __init__(self, status: int, kind: str, zh: str, en: str, *, param: str | None = None,
+                 code: str | None = None, headers: dict[str, str] | None = None):
+        super().__init__(en)
+        self.status, self.kind, self.zh, self.en = status, kind, zh, en
+        self.param, self.code, self.headers = param, code, headers or {}
+
+    def body(self) -> dict:
+        return {"error": {"message": f"{self.zh} / {self.en}", "type": self.kind, "param": self.param,
+                          "code": self.code}}
+
+
+_ABS_PATH = re.compile(r"(?:/[^\s/'\"，。：:;()（）]+){2,}/?")
+
+
+def _hide_paths(text: str) -> str:
+    """Server paths in a message become their last component."""
+    return _ABS_PATH.sub(lambda m: Path(m.group().rstrip("/")).name, text)
+
+
+def _from_rag_error(exc: RagError) -> ApiError:
+    en = _hide_paths(str(exc))
+    if isinstance(exc, BadInput):
+        return ApiError(400, "invalid_request_error", "输入有误", en)
+    if isinstance(exc, IndexNotFound):
+        return ApiError(503, "index_unavailable", "索引尚未建立，请先运行 rag index", en)
+    if isinstance(exc, (IndexFormat, IndexStale)):
+        return ApiError(503, "index_unavailable", "索引不可用，请重新运行 rag index", en)
+    if isinstance(exc, ModelError):
+        return ApiError(503, "model_unavailable", "模型不可用", en)
+    return ApiError(500, "server_error", "处理失败", en)
+
+
+def _log_error(method: str, path: str, err: ApiError) -> None:
+    log.warning("%s %s -> %d %s: %s", method, path, err.status, err.kind, err.en)
+
+
+class TokenBuckets:
+    """One token bucket per client: ``burst`` requests at once, refilled at ``rate_per_minute``."""
+
+    def __init__(self, rate_per_minute: float, burst: int, max_clients: int = 10_000):
+        self.rate, self.burst, self.max_clients = rate_per_minute / 60.0, burst, max_clients
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # client -> (tokens, at)
+        self._lock = threading.Lock()
+
+    def take(self, client: str, now: float | None = None) -> float:
+        """Spend a token of ``client``: 0.0 if allowed, else the seconds until one is available."""
+        if self.rate <= 0:
+            return 0.0
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            tokens, at = self._buckets.pop(client, (float(self.burst), now))
+            tokens = min(float(self.burst), tokens + (now - at) * self.rate)
+            wait = 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
+            self._buckets[client] = (tokens - 1.0 if wait == 0.0 else tokens, now)
+            while len(self._buckets) > self.max_clients:  # forget the least recently seen
+                self._buckets.popitem(last=False)
+        return wait
+
+
+async def _send_error(send, err: ApiError) -> None:
+    body = json.dumps(err.body(), ensure_ascii=False).encode("utf-8")
+    headers = [(b"content-type", b"application/json; charset=utf-8"), (b"content-length", str(len(body)).encode()),
+               (b"connection", b"close")]
+    headers += [(k.lower().encode(), v.encode()) for k, v in err.headers.items()]
+    await send({"type": "http.response.start", "status": err.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+_API_PREFIXES = ("/api/", "/v1/")
+_UPLOAD_PATHS = ("/upload", "/gradio_api/upload", "/upload_progress", "/gradio_api/upload_progress")
+
+
+class _Gate:
+    """Pure ASGI guard in front of everything: closed uploads (403), rate limit (429), key (401),
+    body size (413, from the header or while reading, before any parsing), and a last catch so that
+    an unexpected error is one log line and a JSON 500, never a traceback."""
+
+    def __init__(self, app, options: ApiOptions, buckets: TokenBuckets):
+        self.app, self.options, self.buckets = app, options, buckets
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        method, path = scope["method"], scope["path"]
+        try:
+            self._check(scope, method, path)
+            body = await self._read_body(receive, method)
+        except ApiError as err:
+            _log_error(method, path, err)
+            return await _send_error(send, err)
+        if body is None:  # the client went away
+            return None
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        started = False
+
+        async def tracked_send(message):
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, replay, tracked_send)
+        except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, no traceback
+            err = ApiError(500, "server_error", "服务器内部错误", f"internal error ({type(exc).__name__})")
+            _log_error(method, path, err)
+            if not started:
+                await _send_error(send, err)
+
+    def _check(self, scope, method: str, path: str) -> None:
+        opts = self.options
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        if path.rstrip("/") in _UPLOAD_PATHS and not opts.allow_uploads:
+            raise ApiError(403, "permission_error", "本服务不接受上传文件",
+                           "uploads are closed on this server (rag serve --allow-uploads opens them)")
+        is_api = path.startswith(_API_PREFIXES) or path in ("/api", "/v1")
+        if is_api or (method == "POST" and path.startswith("/gradio_api/")):
+            client = (scope.get("client") or ("?", 0))[0]
+            wait = self.buckets.take(client)
+            if wait:
+                seconds = max(1, math.ceil(wait))
+                raise ApiError(429, "rate_limit_error", f"请求太频繁，请 {seconds} 秒后再试",
+                               f"too many requests from this client; retry after {seconds} s",
+                               headers={"Retry-After": str(seconds)})
+        if opts.api_key and (is_api or path == "/healthz") and method != "OPTIONS":
+            scheme, _, token = headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), opts.api_key.encode()):
+                raise ApiError(401, "authentication_error", "缺少或错误的 API 密钥",
+                               "missing or wrong API key: send Authorization: Bearer <key>",
+                               headers={"WWW-Authenticate": "Bearer"})
+        length = headers.get("content-length")
+        if length is not None:
+            if not length.isdigit():
+                raise ApiError(400, "invalid_request_error", "Content-Length 无效", f"bad Content-Length {length[:20]!r}")
+            if int(length) > opts.max_body_bytes:
+                raise self._too_large()
+
+    def _too_large(self) -> ApiError:
+        limit = self.options.max_body_bytes
+        return ApiError(413, "request_too_large", f"请求体过大，上限 {limit} 字节",
+                        f"request body too large: the limit is {limit} bytes")
+
+    async def _read_body(self, receive, method: str) -> bytes | None:
+        """The whole body, read before the app sees it, stopping as soon as it passes the limit."""
+        if method in ("GET", "HEAD", "OPTIONS", "DELETE"):
+            return b""
+        parts, total = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            total += len(chunk)
+            if total > self.options.max_body_bytes:
+                raise self._too_large()
+            parts.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(parts)
+
+
+# ---- request bodies (documented on /docs) -------------------------------------------------------
+
+Retriever = Literal["hybrid", "bm25", "dense"]
+AnswerMode = Literal["extractive", "llm"]
+
+
+class AskRequest(BaseModel):
+    """``POST /api/ask``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    question: str = Field(description="the question, 1-500 characters", examples=["格尔木的开发区在全国排第几？"])
+    history: list[str] = Field(default_factory=list, description="earlier questions of the conversation, oldest "
+                                                                   "first; a follow-up is resolved against them")
+    k: int | None = Field(None, ge=1, le=100, description="passages to answer from (default 5)")
+    mode: AnswerMode | None = Field(None, description="extractive (default) or llm")
+    retriever: Retriever | None = Field(None, description="hybrid (default), bm25 or dense")
+    filters: dict[str, Any] | None = Field(None, description="not supported yet: a non-empty object is refused (400)")
+
+
+class SearchRequest(BaseModel):
+    """``POST /api/search``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    query: str = Field(description="the query, 1-500 characters", examples=["电子劳动合同"])
+    k: int = Field(5, ge=1, le=100, description="passages to return")
+    retriever: Retriever | None = Field(None, description="hybrid (default), bm25 or dense")
+    filters: dict[str, Any] | None = Field(None, description="not supported yet: a non-empty object is refused (400)")
+
+
+class ChatMessage(BaseModel):
+    """One OpenAI chat message; only the text of user messages is read."""
+
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[dict[str, Any]] | None = None
+
+
+class ChatRequest(BaseModel):
+    """``POST /v1/chat/completions``: OpenAI's body; unknown fields (temperature…) are ignored."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str = Field(description="rag-extractive or rag-llm")
+    messages: list[ChatMessage] = Field(min_length=1, description="the conversation; the last one is the question")
+    stream: bool = False
+    k: int | None = Field(None, ge=1, le=100, description="rag extra: passages to answer from")
+    retriever: Retriever | None = Field(None, description="rag extra: hybrid, bm25 or dense")
+
+
+def _checked(text: str, settings: Settings, field: str) -> str:
+    """A question or query checked before any work, its problem reported with the field's name."""
+    from .retrieve import check_query
+
+    try:
+        return check_query(text, settings)
+    except BadInput as exc:
+        err = _from_rag_error(exc)
+        err.param = field
+        raise err from None
+
+
+def _no_filters(filters: dict | None) -> None:
+    if filters:
+        raise ApiError(400, "invalid_request_error", *NO_FILTERS, param="filters", code="filters_unsupported")
+
+
+def _message_text(message: ChatMessage, where: str) -> str:
+    if message.content is None or isinstance(message.content, str):
+        return message.content or ""
+    texts = []
+    for part in message.content:
+        if part.get("type") != "text" or not isinstance(part.get("text"), str):
+            raise ApiError(400, "invalid_request_error", "只支持文字消息", f"{where}: only text content parts "
+                           f"are supported, got {str(part.get('type'))[:30]!r}", param=where)
+        texts.append(part["text"])
+    return "".join(texts)
+
+
+_PIECE = re.compile(r"[^。！？；\n]*(?:[。！？；\n]+|$)(?:\[\d+\])*")
+
+
+def _pieces(text: str) -> list[str]:
+    """The answer cut after each sentence and its markers, for streaming."""
+    parts = [p for p in _PIECE.findall(text) if p]
+    return parts if "".join(parts) == text and parts else [text]
+
+
+def _validation_error(exc: RequestValidationError) -> ApiError:
+    first = (exc.errors() or [{}])[0]
+    loc = [str(x) for x in first.get("loc", ()) if x not in ("body", "query", "path")]
+    name = ".".join(loc)
+    kind, msg = first.get("type", ""), first.get("msg", "invalid value")
+    if kind == "json_invalid":
+        return ApiError(422, "invalid_request_error", "请求体不是有效的 JSON", "request body is not valid JSON")
+    if not name:
+        return ApiError(422, "invalid_request_error", "请求体应为 JSON 对象", f"request body: {msg}")
+    if kind == "missing":
+        return ApiError(422, "invalid_request_error", f"缺少字段 {name}", f"{name}: field required", param=name)
+    if kind == "extra_forbidden":
+        return ApiError(422, "invalid_request_error", f"未知字段 {name}", f"{name}: unknown field", param=name)
+    return ApiError(422, "invalid_request_error", f"字段 {name} 的值无效", f"{name}: {msg}", param=name)
+
+
+def _error_response(err: ApiError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+
+def build_server(index_dir: str | Path = "index", seeds: str | Path | None = "seeds", *,
+                 settings: Settings | None = None, options: ApiOptions | None = None,
+                 chat: bool = True) -> FastAPI:
+    """The ASGI app: REST and OpenAI routes, the Gradio chat at ``/`` (unless ``chat`` is False)."""
+    from .pipeline import get_engine
+
+    options = options or ApiOptions()
+    index_dir = Path(index_dir)
+    limits = {mode: asyncio.Semaphore(options.max_concurrent) for mode in ("extractive", "llm", "search")}
+
+    app = FastAPI(title="rag — 本地政策新闻问答 API", version="1",
+                  description="Cited answers from local newspaper pages. Errors are "
+                              "`{\"error\": {\"message\", \"type\", \"param\", \"code\"}}`; the OpenAI chat "
+                              f"completion carries the `rag ask --json` object in the extra field `{EXTRA_FIELD}`.")
+
+    def engine():
+        try:
+            return get_engine(index_dir, settings=settings)
+        except RagError as exc:
+            raise _from_rag_error(exc) from None
+
+    async def run(kind: str, fn, *args, **kwargs):
+        """Run engine work in a thread, at most ``max_concurrent`` at once per kind."""
+        try:
+            await asyncio.wait_for(limits[kind].acquire(), options.queue_timeout_s)
+        except asyncio.TimeoutError:
+            raise ApiError(503, "server_busy", "服务器繁忙，请稍后再试", "server busy; retry later",
+                           headers={"Retry-After": "10"}) from None
+        try:
+            return await run_in_threadpool(fn, *args, **kwargs)
+        except RagError as exc:
+            raise _from_rag_error(exc) from None
+        finally:
+            limits[kind].release()
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError):
+        _log_error(request.method, request.url.path, exc)
+        return _error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        err = _validation_error(exc)
+        _log_error(request.method, request.url.path, err)
+        return _error_response(err)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 404:
+            err = ApiError(404, "not_found_error", "找不到该地址", f"no route {request.url.path}")
+        elif exc.status_code == 405:
+            err = ApiError(405, "invalid_request_error", f"不支持 {request.method} 方法",
+                           f"method {request.method} not allowed on {request.url.path}")
+        else:
+            err = ApiError(exc.status_code, "invalid_request_error", "请求有误", str(exc.detail))
+        _log_error(request.method, request.url.path, err)
+        return _error_response(err)
+
+    @app.get("/healthz", tags=["status"])
+    async def healthz():
+        """Index loaded, counts, encoder model and index build time; 503 while there is no usable index."""
+        def loaded():
+            eng = engine()
+            eng.encoder  # noqa: B018 - loads the model (once) or says why it cannot
+            return eng
+
+        try:
+            eng = await run("search", loaded)
+        except ApiError as err:
+            return JSONResponse({"status": "unavailable", **err.body()}, status_code=err.status)
+        man = eng.index.manifest
+        return {"status": "ok", "index": {"loaded": True, "built_at": man.get("built_at"),
+                                          "format_version": man.get("format_version"), "counts": man.get("counts"),
+                                          "dense_index": man.get("dense_index")},
+                "model": eng.index.model, "answer_modes": sorted(MODELS), "default_mode": eng.settings.answer_mode}
+
+    @app.post("/api/ask", tags=["rest"])
+    async def api_ask(body: AskRequest):
+        """Answer a question with verbatim citations (the `rag ask --json` object)."""
+        _no_filters(body.filters)
+        eng = engine()
+        _checked(body.question, eng.settings, "question")
+        ans = await run(body.mode or eng.settings.answer_mode, eng.ask, body.question, history=body.history,
+                        k=body.k, retriever=body.retriever, mode=body.mode)
+        return ans.to_json()
+
+    @app.post("/api/search", tags=["rest"])
+    async def api_search(body: SearchRequest):
+        """Find passages (the `rag search --json` object)."""
+        _no_filters(body.filters)
+        eng = engine()
+        _checked(body.query, eng.settings, "query")
+        hits = await run("search", eng.search, body.query, k=body.k, retriever=body.retriever)
+        return {"query": body.query, "hits": [h.to_json() for h in hits]}
+
+    @app.get("/api/articles", tags=["rest"])
+    async def api_articles(source: str | None = None, paper: str | None = None, region: str | None = None,
+                           since: str | None = None, until: str | None = None):
+        """The articles (the `rag articles --json` objects), optionally of one page file (`source`).
+        `paper`, `region`, `since`, `until` need page metadata the index does not have yet (400)."""
+        _no_filters({k: v for k, v in dict(paper=paper, region=region, since=since, until=until).items() if v})
+        arts = sorted(engine().index.articles.values(), key=lambda a: (a.source, a.article_id))
+        found = [a.to_json() for a in arts if source is None or a.source == source]
+        return {"count": len(found), "articles": found}
+
+    @app.get("/api/articles/{article_id}", tags=["rest"])
+    async def api_article(article_id: str):
+        """One article by id."""
+        art = engine().index.articles.get(article_id)
+        if art is None:
+            raise ApiError(404, "not_found_error", "找不到这篇文章", f"no article {article_id[:80]!r}",
+                           param="article_id")
+        return art.to_json()
+
+    @app.get("/v1/models", tags=["openai"])
+    async def list_models():
+        """The answer modes as OpenAI models."""
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "rag"}
+                                           for name in MODELS]}
+
+    @app.post("/v1/chat/completions", tags=["openai"])
+    async def chat_completions(body: ChatRequest):
+        """OpenAI chat completion: the last user message is the question, the earlier user messages its
+        history. The text carries `[n]` markers; the citations are in the extra field `rag`."""
+        mode = MODELS.get(body.model)
+        if mode is None:
+            raise ApiError(404, "invalid_request_error", f"没有模型 {body.model[:40]}",
+                           f"model {body.model[:40]!r} does not exist; use one of {', '.join(MODELS)}",
+                           param="model", code="model_not_found")
+        if body.messages[-1].role != "user":
+            raise ApiError(400, "invalid_request_error", "最后一条消息应来自用户",
+                           "the last message must have role user", param="messages")
+        texts = [_message_text(m, f"messages.{i}.content") for i, m in enumerate(body.messages)]
+        question = texts[-1]
+        history = [t for m, t in zip(body.messages[:-1], texts[:-1]) if m.role == "user" and t.strip()]
+        eng = engine()
+        _checked(question, eng.settings, f"messages.{len(texts) - 1}.content")  # a 400, not an error mid-stream
+        completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        cancel = threading.Event()
+        job = run(mode, eng.ask, question, history=history, k=body.k, retriever=body.retriever, mode=mode,
+                  cancel=cancel)
+        if not body.stream:
+            ans = await job
+            return {"id": completion_id, "object": "chat.completion", "created": created, "model": body.model,
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": ans.answer},
+                                 "logprobs": None, "finish_reason": "stop"}],
+                    EXTRA_FIELD: ans.to_json()}
+
+        def chunk(delta: dict, finish: str | None = None, **extra) -> str:
+            obj = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": body.model,
+                   "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}], **extra}
+            return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+        async def events():
+            task = asyncio.ensure_future(job)
+            try:
+                yield chunk({"role": "assistant", "content": ""})
+                while not task.done():  # only the checked answer is sent; meanwhile keep the line alive
+                    done, _ = await asyncio.wait({task}, timeout=5)
+                    if not done:
+                        yield ": waiting for the answer\n\n"
+                try:
+                    ans = task.result()
+                except ApiError as err:
+                    _log_error("POST", "/v1/chat/completions", err)
+                    yield f"data: {json.dumps(err.body(), ensure_ascii=False)}\n\n"
+                    return
+                for piece in _pieces(ans.answer):
+                    yield chunk({"content": piece})
+                yield chunk({}, "stop", **{EXTRA_FIELD: ans.to_json()})
+                yield "data: [DONE]\n\n"
+            finally:
+                if not task.done():  # the client went away: stop a local model's generation
+                    cancel.set()
+                    task.cancel()
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @app.api_route("/api/{rest:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"], include_in_schema=False)
+    @app.api_route("/v1/{rest:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"], include_in_schema=False)
+    async def unknown(request: Request, rest: str):
+        from starlette.routing import Match
+
+        routes = [r for r in app.routes if getattr(r, "endpoint", None) not in (None, unknown)]
+        if any(route.matches(request.scope)[0] == Match.PARTIAL for route in routes):
+            raise ApiError(405, "invalid_request_error", f"不支持 {request.method} 方法",
+                           f"method {request.method} not allowed on {request.url.path}")
+        raise ApiError(404, "not_found_error", "找不到该地址", f"no route {request.url.path}")
+
+    if chat:
+        _mount_chat(app, index_dir, seeds, settings, options)
+    app.add_middleware(_Gate, options=options, buckets=TokenBuckets(options.rate_per_minute, options.burst))
+    if options.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(options.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
+    return app
+
+
+def _mount_chat(app: FastAPI, index_dir: Path, seeds, settings: Settings | None, options: ApiOptions) -> None:
+    """The Gradio chat at ``/``; with a key, a login whose password is the key (any user name)."""
+    import gradio as gr
+
+    from .ui import CSS, build_app
+
+    demo = build_app(index_dir, seeds, settings)
+    auth = None
+    if options.api_key:
+        key = options.api_key.encode()
+
+        def auth(username: str, password: str) -> bool:
+            return hmac.compare_digest((password or "").encode(), key)
+
+    gr.mount_gradio_app(app, demo, path="/", auth=auth, auth_message="请输入访问密钥（用户名任意） / enter the API key as "
+                        "password (any user name)", show_error=False, ssr_mode=False, css=CSS,
+                        theme=gr.themes.Soft(), max_file_size=options.max_body_bytes)
+
+
+def serve(index_dir: str | Path = "index", seeds: str | Path | None = "seeds", *, host: str = "127.0.0.1",
+          port: int = 7860, settings: Settings | None = None, options: ApiOptions | None = None) -> None:
+    """Load the index and model, then serve the API and the chat until interrupted."""
+    import uvicorn
+
+    if not 0 < port < 65536:
+        raise BadInput(f"port must be between 1 and 65535, got {port}")
+    options = options or ApiOptions()
+    try:
+        from .pipeline import get_engine
+
+        engine = get_engine(index_dir, settings=settings)
+        engine.encoder  # load the model before the first visitor
+        if seeds is not None:
+            from .index import stale_pages
+            from .ingest import list_pages
+
+            stale = stale_pages(engine.index.manifest, list_pages(seeds))
+            if stale:
+                log.warning("the index is stale (%s changed); run `rag index`", ", ".join(stale[:3]))
+    except RagError as exc:
+        log.warning("%s — the API and chat will say so until the index is built", exc)
+    if not options.api_key and host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("serving on %s without an API key: anyone who can reach it can use it (--api-key)", host)
+    app = build_server(index_dir, seeds, settings=settings, options=options)
+    log.info("serving the chat on http://%s:%d/ and the API on http://%s:%d/docs", host, port, host, port)
+    config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, log_level="warning",
+                            timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    try:
+        server.run()
+    except OSError as exc:
+        raise RagError(f"cannot serve on {host}:{port}: {exc}") from None
+    if not server.started:
+        raise RagError(f"cannot serve on {host}:{port}: the address is in use or not allowed")
