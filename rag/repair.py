@@ -1,7 +1,9 @@
 """OCR repair of a page, as pure functions: drop OCR spaces, join broken lines, keep paragraphs.
 
 Every repaired paragraph carries segments mapping its characters back to raw-page offsets and
-line numbers, so a citation can point at the original line.
+line numbers, so a citation can point at the original line. A character of a segment is the raw
+character itself, or its full-width form where ASCII punctuation stood in Chinese text
+(``fold_width`` of both sides is equal).
 """
 from __future__ import annotations
 
@@ -9,22 +11,35 @@ import re
 from dataclasses import dataclass
 
 from .types import Segment
-from .zh import CLOSERS, ends_sentence, is_cjk_punct, is_han
+from .zh import CLOSERS, ends_sentence, is_cjk_punct, is_han, spans_word, to_fullwidth_punct
 
-__all__ = ["Paragraph", "remove_ocr_spaces", "should_join", "repair_page", "repair_text", "slice_segments",
-           "BLOCK_START_RE", "BYLINE_LINE_RE"]
+__all__ = ["Paragraph", "SpaceReport", "remove_ocr_spaces", "decide_spaces", "should_join", "repair_page",
+           "repair_text", "report_spaces", "slice_segments", "is_table_row", "BLOCK_START_RE", "BYLINE_LINE_RE",
+           "JUMP_RE", "ROLE"]
 
-# Lines that always begin a new block: bylines, news-agency leads, continuations, captions.
+# The people a byline names: 记者, 本报记者, 特约记者, 通讯员, 评论员, 实习生, 作者 ...
+ROLE = r"(?:本报|特约|见习|首席|摄影)?(?:记者|通讯员|评论员|实习生)|作者"
+_MARKS = "□■►▶●◆▲★☆"
+# Lines that always begin a new block: news leads, continuations and jumps, captions, bylines, list items.
 BLOCK_START_RE = re.compile(
-    r"^(本报讯|[□■►▶●◆]|[（(]\s*(上接|下转|接上|紧接)|图[①-⑳\d一二三四五六七八九十]*[：:]|图为|本版图文|"
-    r"[（(]\s*(特约|本报)?(记者|通讯员)[^）)]{0,30}[）)]\s*$)"
+    rf"^(本\s?报\s?讯|[{_MARKS}]|[（(]\s*(上接|下转|接上|紧接|转第)|图[①-⑳\d一二三四五六七八九十]*[：:]|图为|本版图文|"
+    rf"[（(]\s*(?:{ROLE})[^）)]{{0,40}}[）)]\s*$)"
 )
-# Lines that stand alone: a byline on its own line ends its block.
-BYLINE_LINE_RE = re.compile(r"^([□■►▶●◆]\s*\S.{0,30}|[（(]\s*(特约|本报)?(记者|通讯员)[^）)]{0,30}[）)])$")
+# Lines that stand alone as a byline: a marked name line (□ 记者 汤红红, ► 李媛 刘文研), a role and names
+# (本报记者 覃岚), or a role in brackets ((记者 张艳艳), （作者系…副教授 方卫东）).
+BYLINE_LINE_RE = re.compile(
+    rf"^([{_MARKS}]\s*[^，。；！？,;!?：:]{{1,30}}|(?:{ROLE})\s*[\u4e00-\u9fff]{{2,4}}(?:\s+(?:{ROLE})?\s*[\u4e00-\u9fff]{{2,4}}){{0,4}}"
+    rf"|[（(]\s*(?:{ROLE})[^）)]{{0,40}}(?<!摄)[）)])$"
+)
 _NAME_RE = re.compile(r"^[\u4e00-\u9fff]{2,4}$")
+# a jump to another page, on its own line or ending a paragraph: （下转第三版）, 转第4版
+JUMP_RE = re.compile(r"\s*(?:[（(]\s*(?:下转|转第?|转至)[^）)]{0,10}[）)]|转第?[\d一二三四五六七八九十]+版)\s*$")
 # A news lead glued to the end of a headline on the same line: "爱路护路宣传进校园 本报讯（记者…）".
 _EMBEDDED_START_RE = re.compile(r"\s+(?=本报讯[（(])")
 _PAIRS = {"“": "”", "‘": "’", "「": "」", "『": "』", "（": "）", "(": ")", "《": "》", "【": "】"}
+# a table cell: a short run of Chinese characters and figures ("销售收入", "501.5亿元")
+_CELL_RE = re.compile(r"^[\u4e00-\u9fff\d.%％]{1,10}$")
+_FIGURE_CELL_RE = re.compile(r"^\d[\d.]*[%％\u4e00-\u9fff]+$")
 
 
 @dataclass(frozen=True)
@@ -35,6 +50,15 @@ class Paragraph:
     segments: tuple[Segment, ...]
     line: int  # raw line number of its first character
     gap_before: bool  # two or more blank lines before it: a layout gap between blocks
+
+
+@dataclass(frozen=True)
+class SpaceReport:
+    """What repair did to the spaces and punctuation of one page."""
+
+    dropped: int  # spaces taken out of words
+    kept: tuple[str, ...]  # each kept space between two Chinese characters, with a few characters around it
+    punct: int  # ASCII , : ; ! ? shown full-width
 
 
 def _kind(ch: str) -> str:
@@ -49,15 +73,42 @@ def _kind(ch: str) -> str:
     return "other"
 
 
-def remove_ocr_spaces(line: str) -> tuple[str, list[int]]:
-    """Drop the spaces OCR put inside words; return the text and, per kept char, its index in ``line``.
+def is_table_row(line: str) -> bool:
+    """A row of a table: three or more short cells of words and figures, at least two of them figures
+    with a unit ("2022年 600.6亿元 182亿元"), or all of them words ("年份 销售收入 其中预包装")."""
+    cells = line.split()
+    if len(cells) < 3 or not all(_CELL_RE.match(c) for c in cells):
+        return False
+    figures = sum(1 for c in cells if _FIGURE_CELL_RE.match(c))
+    bare = sum(1 for c in cells if c.replace(".", "").isdigit() or len(c) == 1)
+    return bare == 0 and (figures >= 2 or figures == 0)
 
-    Dropped: spaces next to CJK punctuation, between CJK and digits/Latin, and between the
-    characters of a letter-spaced line (``电 子 合 同``). Kept: a single space between two
-    multi-character Chinese words (``陈刚 吴晓军``, ``知险 避险``), and between Latin words.
 
-    >>> remove_ocr_spaces("2023 年 12 月")[0]
-    '2023年12月'
+def _han_tail(text: str, n: int = 4) -> str:
+    k = len(text)
+    while k > 0 and len(text) - k < n and is_han(text[k - 1]):
+        k -= 1
+    return text[k:]
+
+
+def _han_head(text: str, n: int = 4) -> str:
+    k = 0
+    while k < len(text) and k < n and is_han(text[k]):
+        k += 1
+    return text[:k]
+
+
+def decide_spaces(line: str) -> tuple[str, list[int], int, list[str]]:
+    """Drop the spaces OCR put inside words, keep the real ones; the evidence is on both sides.
+
+    Dropped: spaces next to CJK punctuation, between CJK and digits/Latin, between the characters of a
+    letter-spaced line (``电 子 合 同``), and between two Chinese characters that a dictionary word
+    spans (``近 期``, ``红色物 业``, ``本报 讯``). Kept: a space between words no word spans (names
+    ``陈刚 吴晓军``, slogans ``知险 避险 安全``, headline halves), between Latin words, in table rows.
+
+    Returns:
+        The text, per kept char its index in ``line``, the number of spaces dropped, and each kept
+        space between two Chinese characters with its neighbours.
     """
     stripped = line.strip()
     lead = len(line) - len(line.lstrip())
@@ -66,7 +117,10 @@ def remove_ocr_spaces(line: str) -> tuple[str, list[int]]:
     # letter-spaced: three single characters, or two in a row ("西 宁 市 召开"), or a short line of them
     letter_spaced = sum(singles) >= 3 or any(a and b for a, b in zip(singles, singles[1:])) or \
         (len(tokens) >= 2 and all(len(t) <= 2 for t in tokens) and sum(singles) >= 2)
+    table = is_table_row(stripped)
     kept: list[int] = []
+    kept_spaces: list[str] = []
+    dropped = 0
     i = 0
     n = len(stripped)
     while i < n:
@@ -80,16 +134,31 @@ def remove_ocr_spaces(line: str) -> tuple[str, list[int]]:
             j += 1
         left, right = stripped[i - 1], stripped[j]
         kl, kr = _kind(left), _kind(right)
-        drop = (
+        before, after = stripped[:i], stripped[j:]
+        drop = not table and (
             "punct" in (kl, kr)
             or {kl, kr} == {"han", "latin"}
-            or (kl == kr == "han" and letter_spaced
-                and 1 in (len(stripped[:i].split()[-1]), len(stripped[j:].split()[0])))
+            or (kl == kr == "han" and letter_spaced and 1 in (len(before.split()[-1]), len(after.split()[0])))
+            or (kl == kr == "han" and spans_word(_han_tail(before), _han_head(after)))
         )
-        if not drop:
+        if drop:
+            dropped += 1
+        else:
             kept.append(lead + i)  # keep one space
+            if kl == kr == "han":
+                kept_spaces.append(stripped[max(0, i - 4):j + 4])
         i = j
-    return "".join(line[k] for k in kept), kept
+    return "".join(line[k] for k in kept), kept, dropped, kept_spaces
+
+
+def remove_ocr_spaces(line: str) -> tuple[str, list[int]]:
+    """Drop the spaces OCR put inside words; return the text and, per kept char, its index in ``line``.
+
+    >>> remove_ocr_spaces("2023 年 12 月")[0]
+    '2023年12月'
+    """
+    text, kept, _, _ = decide_spaces(line)
+    return text, kept
 
 
 def _segments(kept: list[int], raw_start: int, line_no: int, text_start: int = 0) -> list[Segment]:
@@ -131,7 +200,7 @@ def should_join(prev: str, nxt: str, width: float, blanks: int = 0) -> bool:
         return False
     if BLOCK_START_RE.match(nxt) or BYLINE_LINE_RE.match(prev):
         return False
-    if ends_sentence(prev):
+    if ends_sentence(prev) or JUMP_RE.search(prev) or is_table_row(prev) or is_table_row(nxt):
         return False
     if _unbalanced(prev):
         return True
@@ -150,14 +219,20 @@ def _page_width(lines: list[_Line]) -> float:
     return float(lengths[int(0.75 * (len(lengths) - 1))])
 
 
-def _split_lines(raw: str) -> list[_Line]:
+def _split_lines(raw: str, report: dict | None = None) -> list[_Line]:
     out: list[_Line] = []
     pos = 0
     blanks = 0
     for line_no, line in enumerate(raw.split("\n"), start=1):
         start = pos
         pos += len(line) + 1
-        text, kept = remove_ocr_spaces(line)
+        spaced, kept, dropped, kept_spaces = decide_spaces(line)
+        # full-width marks keep the length, so the raw-offset map is unchanged
+        text = to_fullwidth_punct(spaced)
+        if report is not None:
+            report["dropped"] += dropped
+            report["kept"].extend(kept_spaces)
+            report["punct"] += sum(1 for a, b in zip(spaced, text) if a != b)
         if not text:
             blanks += 1
             continue
@@ -215,6 +290,13 @@ def repair_page(raw: str) -> list[Paragraph]:
     if cur_text:
         paras.append(Paragraph(cur_text, tuple(cur_segs), cur_line, cur_gap))
     return paras
+
+
+def report_spaces(raw: str) -> SpaceReport:
+    """How many OCR spaces repair drops and keeps on a page, and how many marks it makes full-width."""
+    report: dict = {"dropped": 0, "kept": [], "punct": 0}
+    _split_lines(raw, report)
+    return SpaceReport(report["dropped"], tuple(report["kept"]), report["punct"])
 
 
 def repair_text(raw: str) -> str:

@@ -11,18 +11,29 @@ import re
 from dataclasses import dataclass, field, replace
 from pathlib import PurePath
 
-from .repair import BYLINE_LINE_RE, Paragraph, repair_page, slice_segments
+from .repair import BYLINE_LINE_RE, JUMP_RE as _JUMP_RE, ROLE, Paragraph, is_table_row, repair_page, slice_segments
 from .types import Article, Segment
 from .zh import bigram_share, char_bigrams, ends_sentence, split_sentences
 
-__all__ = ["segment_page", "headline_similarity"]
+__all__ = ["segment_page", "read_layout", "PageLayout", "headline_similarity", "clean_byline", "provisional_title"]
 
-_CAPTION_RE = re.compile(r"^(图[①-⑳\d一二三四五六七八九十]*[：:]|图为|本版图文|.{0,30}(供图|摄影?)$|（?摄影?[：:])")
+# captions: numbered or "图为" lines, and lines that end in a credit (…供图, （本报记者 摄）, 摄影：…)
+_CAPTION_RE = re.compile(r"^(图[①-⑳\d一二三四五六七八九十]*[：:]|图为|本版图文|（?摄影?[：:])|"
+                         r"(供图|摄影?|[／/]\s*摄)\s*[）)]?$")
 _NUMBERED_CAPTION_RE = re.compile(r"^图[①-⑳\d一二三四五六七八九十]+[：:]")
-_LEAD_RE = re.compile(r"^本报讯\s*[（(]([^）)]{0,40})[）)]\s*")
-_LEAD_BARE_RE = re.compile(r"^本报讯\s*")
+_LEAD_RE = re.compile(r"^本\s?报\s?讯\s*[（(]([^）)]{0,40})[）)]\s*")
+_LEAD_BARE_RE = re.compile(r"^本\s?报\s?讯\s*")
 _CONT_RE = re.compile(r"^[（(]\s*(上接|接上|紧接)[^）)]{0,12}[）)]\s*")
 _NAME_RE = re.compile(r"^[\u4e00-\u9fff]{2,4}(\s+[\u4e00-\u9fff]{2,4}){0,3}$")
+# a list item led by a bullet: "● 柳州市第二批城市…完工，…。"
+_ITEM_RE = re.compile(r"^[●■▲◆★☆·•]\s*")
+# a column label printed above headlines or items: 民生简讯, 新闻速递, 今日导读, 短评
+_LABEL_RE = re.compile(r"^.{0,4}(简讯|快讯|短讯|速递|速览|导读|短评|时评|评论|观察|传真|动态|要闻|一线|声音|视点|纵横|聚焦)$")
+# a headline in a digest, with the page it is on: "天府绿道新增骑行驿站48个 3版"
+_PAGE_REF_RE = re.compile(r"\s*(?:第?[\d一二三四五六七八九十]+|[A-Z]\d*)\s*版$")
+# a kicker (引题) often says what for or where from: 为了…, 让…, 从…
+_KICKER_RE = re.compile(r"^(为了|为|让|从|向|当|在|把)|\s|[！!—]$")
+_ROLE_RE = re.compile(rf"\s*((?:{ROLE.replace('|作者', '')}))\s*")
 _MAX_HEADLINE = 40
 
 
@@ -36,9 +47,10 @@ class _Run:
     """Body paragraphs that belong together, while articles are being assembled."""
 
     paras: list[tuple[str, tuple[Segment, ...]]] = field(default_factory=list)
-    hard_start: bool = False  # opened by 本报讯 or a continuation marker
+    hard_start: bool = False  # opened by 本报讯, a continuation marker or a list bullet
     byline_line: bool = False  # opened by a byline on its own line (► 姓名, □ 记者 …)
     closed_by_byline: bool = False  # ended by (记者 …) on its own line
+    jumped: bool = False  # ended by （下转…）: the story goes on on another page
     continuation: bool = False
     byline: str | None = None
     title: str | None = None
@@ -58,31 +70,67 @@ class _Run:
 
 def _classify(p: Paragraph) -> str:
     t = p.text
-    if _CAPTION_RE.match(t):
+    if _CAPTION_RE.search(t) and len(_CAPTION_RE.split(t)[0]) <= 80 or _CAPTION_RE.match(t):
         return "caption"
     if BYLINE_LINE_RE.match(t):
         return "byline"
-    if _LEAD_BARE_RE.match(t) or _CONT_RE.match(t):
+    if _JUMP_RE.fullmatch(t):
+        return "jump"
+    if _LEAD_BARE_RE.match(t) or _CONT_RE.match(t) or is_table_row(t):
+        return "body"
+    if _ITEM_RE.match(t) and ends_sentence(t):
+        return "item"
+    if _LABEL_RE.match(t):
+        return "heading"
+    if t[-1] in "：:，,、；;":  # a lead into a list or table, or a paragraph cut by the layout
         return "body"
     if not ends_sentence(t) and len(t) <= _MAX_HEADLINE:
         return "name" if _NAME_RE.match(t) else "heading"
     return "body"
 
 
-def _clean_byline(text: str) -> str:
+def clean_byline(text: str) -> str:
+    """A byline as a reader writes it: no marker or brackets, one space between roles and names.
+
+    >>> clean_byline("□ 记 者 王 静 通讯员 马晓东")
+    '记者 王静 通讯员 马晓东'
+    """
     text = re.sub(r"^[□■►▶●◆]\s*", "", text.strip())
-    return re.sub(r"^[（(]\s*|\s*[）)]$", "", text).strip()
+    text = re.sub(r"^[（(]\s*|\s*[）)]$", "", text).strip()
+    # characters written apart are one word: "记 者 王 静" -> "记者王静" (roles are parted below)
+    merged: list[str] = []
+    spaced = False  # the last token was built from single characters
+    for tok in text.split():
+        if len(tok) == 1 and merged and spaced:
+            merged[-1] += tok
+        else:
+            merged.append(tok)
+            spaced = len(tok) == 1
+    text = " ".join(merged)
+    # roles and names apart: "记者王静通讯员马晓东" -> "记者 王静 通讯员 马晓东"
+    text = _ROLE_RE.sub(lambda m: f" {m.group(1)} ", text)
+    return re.sub(r"\s+", " ", text).strip()
 
 
 def _headline_group(texts: list[str]) -> tuple[str, str | None]:
-    """Consecutive headline lines -> (title, subtitle). A short first line is a headline broken in two."""
-    if len(texts) == 1:
+    """Consecutive headline lines -> (title, subtitle).
+
+    A line opened by a dash is a subtitle (副题); with one, or when the first line reads as a kicker
+    (引题: "为了…", two phrases apart), the line before the main headline is a kicker and joins the
+    subtitle; otherwise a short first line is a headline broken in two.
+    """
+    subs = [t for t in texts if t.startswith(("——", "—", "－－", "--"))]
+    mains = [t for t in texts if t not in subs]
+    if not mains:
         return texts[0], None
-    if len(texts[0]) <= 13 and len(texts[0]) + len(texts[1]) <= _MAX_HEADLINE:
-        title = texts[0] + texts[1]
-        rest = texts[2:]
+    kicker: list[str] = []
+    if len(mains) >= 2 and (subs or _KICKER_RE.search(mains[0])):
+        kicker, mains = mains[:1], mains[1:]
+    if len(mains) >= 2 and len(mains[0]) <= 13 and len(mains[0]) + len(mains[1]) <= _MAX_HEADLINE:
+        title, rest = mains[0] + mains[1], mains[2:]
     else:
-        title, rest = texts[0], texts[1:]
+        title, rest = mains[0], mains[1:]
+    rest = kicker + rest + subs
     return title, ("　".join(rest) if rest else None)
 
 
@@ -127,6 +175,14 @@ def _strip_prefix(text: str, segs: tuple[Segment, ...], n: int) -> tuple[str, tu
     return text[n:], tuple(slice_segments(segs, n, len(text)))
 
 
+@dataclass(frozen=True)
+class PageLayout:
+    """What segmentation made of a page: its articles and captions, and the blocks it could not place."""
+
+    articles: list[Article]
+    unplaced: list[str]  # headlines with no body (a digest, a lost headline), column labels are not listed
+
+
 def segment_page(raw: str, source: str) -> list[Article]:
     """Rebuild the articles (and photo captions) of one raw page.
 
@@ -134,22 +190,41 @@ def segment_page(raw: str, source: str) -> list[Article]:
     >>> [(a.title, a.byline) for a in segment_page(page, "p.txt")]
     [('某市召开会议', '记者 王五')]
     """
+    return read_layout(raw, source).articles
+
+
+def read_layout(raw: str, source: str) -> PageLayout:
+    """Rebuild the articles and captions of one raw page, and list the blocks that found no place."""
     paras = repair_page(raw)
     flags = [_classify(p) for p in paras]
     _captions(paras, flags)
+    items = _items(paras, flags)
+    runs = [obj for kind, obj in items if kind == "R"]
+    unplaced = _place_headlines(items, runs)
+    articles = _articles(items, paras, flags, source)
+    return PageLayout(articles, unplaced)
 
-    # 1. items: ("H", [texts]) headline groups, ("N", name) bare names, ("R", run), bylines folded in
+
+def _items(paras: list[Paragraph], flags: list[str]) -> list[tuple[str, object]]:
+    """("H", [paragraphs]) headline groups, ("N", name) bare names, ("R", run) bodies with bylines folded in."""
     items: list[tuple[str, object]] = []
     pending_byline: str | None = None
     for p, kind in zip(paras, flags):
-        if kind == "caption":
+        if kind in ("caption", "jump"):
+            if kind == "jump" and items and items[-1][0] == "R":
+                items[-1][1].jumped = True
             continue
         last = items[-1] if items else None
         if kind == "heading":
-            if last and last[0] == "H" and not p.gap_before:
-                last[1].append(p)
-            else:
-                items.append(("H", [p]))
+            # a headline's printed lines stay apart: a kicker, the headline, a subtitle
+            for line in _printed_lines(p):
+                last = items[-1] if items else None
+                if _LABEL_RE.match(line.text):  # a column label (民生简讯, 短评) heads what follows, it titles nothing
+                    items.append(("L", line.text))
+                elif last and last[0] == "H" and (not line.gap_before or line is not p):
+                    last[1].append(line)
+                else:
+                    items.append(("H", [line]))
             continue
         if kind == "name":
             if last and last[0] == "H":
@@ -159,35 +234,80 @@ def segment_page(raw: str, source: str) -> list[Article]:
             continue
         if kind == "byline":
             if p.text.startswith(("(", "（")) and last and last[0] == "R" and not last[1].closed_by_byline:
-                last[1].byline = last[1].byline or _clean_byline(p.text)
+                last[1].byline = last[1].byline or clean_byline(p.text)
                 last[1].closed_by_byline = True
             else:
-                pending_byline = _clean_byline(p.text)
+                pending_byline = clean_byline(p.text)
             continue
+        if kind == "body" and last and last[0] == "L":
+            # a column label is followed by a headline, even one the layout ran into the body
+            lines = _printed_lines(p)
+            head = lines[0].text
+            if len(lines) > 1 and not re.search(r"[，。；！？,;!?]", head) and p.text.startswith(head):
+                items.append(("H", [lines[0]]))
+                p = Paragraph(p.text[len(head):], tuple(slice_segments(p.segments, len(head), len(p.text))),
+                              lines[1].line, False)
         text, segs = p.text, p.segments
+        jump = _JUMP_RE.search(text)
+        if jump and jump.start() > 0:
+            text, segs = text[:jump.start()], tuple(slice_segments(segs, 0, jump.start()))
         run = last[1] if last and last[0] == "R" else None
         m_lead, m_cont = _LEAD_RE.match(text) or _LEAD_BARE_RE.match(text), _CONT_RE.match(text)
-        if m_lead or m_cont or run is None or run.closed_by_byline or p.gap_before or pending_byline:
-            run = _Run(hard_start=bool(m_lead or m_cont), byline_line=pending_byline is not None,
+        m_item = _ITEM_RE.match(text) if kind == "item" else None
+        if m_lead or m_cont or m_item or run is None or run.closed_by_byline or run.jumped or p.gap_before \
+                or pending_byline:
+            run = _Run(hard_start=bool(m_lead or m_cont or m_item), byline_line=pending_byline is not None,
                        byline=pending_byline, continuation=bool(m_cont))
             items.append(("R", run))
             pending_byline = None
         if m_lead:
             if m_lead.groups() and m_lead.group(1):
-                run.byline = m_lead.group(1).strip()
+                run.byline = clean_byline(m_lead.group(1))
             text, segs = _strip_prefix(text, segs, m_lead.end())
-        elif m_cont:
-            text, segs = _strip_prefix(text, segs, m_cont.end())
+        elif m_cont or m_item:
+            text, segs = _strip_prefix(text, segs, (m_cont or m_item).end())
         if text:
             run.paras.append((text, segs))
+        if jump:
+            run.jumped = True
+    return items
 
-    runs = [obj for kind, obj in items if kind == "R"]
 
-    # 2. place each headline group
+def _printed_lines(p: Paragraph) -> list[Paragraph]:
+    """The raw lines a repaired paragraph was joined from (the first keeps the paragraph's gap)."""
+    by_line: dict[int, list[Segment]] = {}
+    for seg in p.segments:
+        by_line.setdefault(seg.line, []).append(seg)
+    if len(by_line) < 2:
+        return [p]
+    out = []
+    for k, (line, segs) in enumerate(sorted(by_line.items())):
+        a, b = segs[0].start, segs[-1].start + segs[-1].length
+        out.append(Paragraph(p.text[a:b], tuple(slice_segments(segs, a, b)), line, p.gap_before and k == 0))
+    return out
+
+
+def _reads_as_section(title: str, after: _Run) -> bool:
+    """A short heading (section heads run 4-10 characters; the seeds' headlines of stories without a
+    byline run 11 and more) over text that does not open like a news story (近日, 今年以来 …)."""
+    return len(title) <= _SECTION_HEAD_MAX and not _NEWS_OPENING_RE.match(after.text)
+
+
+_SECTION_HEAD_MAX = 10
+_NEWS_OPENING_RE = re.compile(r"^(近日|日前|近期|近年来|今年以来|连日来|记者[^，。]{0,20}获悉)")
+
+
+def _place_headlines(items: list, runs: list[_Run]) -> list[str]:
+    """Give each headline group a body; return the groups that found none."""
+    lost: list[tuple[str, str | None, list]] = []
     for i, (kind, obj) in enumerate(items):
         if kind != "H":
             continue
-        title, subtitle = _headline_group([p.text for p in obj])
+        texts = [p.text for p in obj]
+        if sum(1 for t in texts if _PAGE_REF_RE.search(t)) >= max(1, len(texts) // 2):
+            lost.append(("", None, texts))  # a digest of headlines on other pages
+            continue
+        title, subtitle = _headline_group(texts)
         prev_run = items[i - 1][1] if i > 0 and items[i - 1][0] == "R" else None
         nxt = items[i + 1] if i + 1 < len(items) else None
         trailing_name = nxt[1] if nxt and nxt[0] == "N" else None
@@ -195,16 +315,18 @@ def segment_page(raw: str, source: str) -> list[Article]:
         if trailing_name:
             next_run = None
         prev_root = prev_run.root() if prev_run else None
-        # a section heading inside a feature story: the story opened with a byline line, or runs on
-        # to a closing (记者 …) byline with no other article starting in between
+        # a section heading inside a feature story: the story opened with a byline line, runs on to a
+        # closing (记者 …) byline with no other article starting in between, or goes on with its words
         if prev_root and next_run and not next_run.hard_start and not next_run.byline_line and \
-                prev_root.title is not None and not prev_root.hard_start and \
-                (prev_root.byline_line or _closed_later(items, i)):
+                prev_root.title is not None and not prev_root.hard_start and not prev_root.jumped and \
+                (prev_root.byline_line or _closed_later(items, i) or
+                 not subtitle and _reads_as_section(title, next_run)):
             prev_root.paras.extend((p.text, p.segments) for p in obj)
             prev_root.paras.extend(next_run.paras)
             next_run.paras = []
             next_run.merged_into = prev_root
             prev_root.byline = prev_root.byline or next_run.byline
+            prev_root.closed_by_byline = prev_root.closed_by_byline or next_run.closed_by_byline
             continue
         candidates = []
         if prev_root is not None and prev_root.title is None:
@@ -217,23 +339,45 @@ def segment_page(raw: str, source: str) -> list[Article]:
             target = scored[0]
             best = headline_similarity(title, target.text)
             # a headline printed far from its story: take an untitled run elsewhere that it fits clearly better
-            others = [r for r in runs if r.title is None and r.merged_into is None and r not in candidates]
-            if others:
-                far = max(others, key=lambda r: headline_similarity(title, r.text))
-                far_score = headline_similarity(title, far.text)
-                if far_score >= 0.5 and far_score > 1.5 * best + 0.1:
-                    target = far
+            far, far_score = _best_untitled(title, runs, exclude=candidates)
+            if far is not None and far_score >= 0.5 and far_score > 1.5 * best + 0.1:
+                target = far
         elif prev_root is not None:
             # the run before already has a headline: this one was printed after its own article,
             # which the layout ran on into the same block. Split the block where it fits best.
             target = _split_run(prev_root, title, items, runs)
         if target is None:
+            lost.append((title, subtitle, texts))
             continue
-        target.title, target.subtitle = title, subtitle
-        if trailing_name and not target.byline:
-            target.byline = trailing_name
+        _give_title(target, title, subtitle, trailing_name)
+    # headlines printed apart from every body (at the top of the page, between columns): once the
+    # others are placed, each goes to the untitled story it fits clearly
+    unplaced = []
+    for title, subtitle, texts in lost:
+        far, score = _best_untitled(title, runs, exclude=[]) if title else (None, 0.0)
+        if far is not None and score >= 0.5:
+            _give_title(far, title, subtitle, None)
+        else:
+            unplaced.append(" / ".join(texts))
+    return unplaced
 
-    # 3. articles, in page order of their bodies
+
+def _best_untitled(title: str, runs: list[_Run], exclude: list[_Run]) -> tuple[_Run | None, float]:
+    others = [r for r in runs if r.title is None and r.merged_into is None and r.paras and r not in exclude]
+    if not others:
+        return None, 0.0
+    far = max(others, key=lambda r: headline_similarity(title, r.text))
+    return far, headline_similarity(title, far.text)
+
+
+def _give_title(run: _Run, title: str, subtitle: str | None, name: str | None) -> None:
+    run.title, run.subtitle = title, subtitle
+    if name and not run.byline:
+        run.byline = name
+
+
+def _articles(items: list, paras: list[Paragraph], flags: list[str], source: str) -> list[Article]:
+    """Article records in page order of their bodies, captions among them, with page-local ids."""
     stem = PurePath(source).stem
     articles: list[Article] = []
     roots = [obj for kind, obj in items if kind == "R" and obj.merged_into is None and obj.paras]
@@ -243,7 +387,7 @@ def segment_page(raw: str, source: str) -> list[Article]:
             continue
         title, provisional = run.title, False
         if not title:
-            title, provisional = _provisional_title(text), True
+            title, provisional = provisional_title(text), True
         articles.append(Article(article_id="", title=title, text=text, source=source, kind="article",
                                 subtitle=run.subtitle, byline=run.byline, continuation=run.continuation,
                                 provisional_title=provisional, segments=segs))
@@ -254,7 +398,7 @@ def segment_page(raw: str, source: str) -> list[Article]:
         for p in group:
             segs.extend(slice_segments(p.segments, 0, len(p.text), shift=pos))
             pos += len(p.text) + 1
-        articles.append(Article(article_id="", title=_provisional_title(text), text=text, source=source,
+        articles.append(Article(article_id="", title=provisional_title(text), text=text, source=source,
                                 kind="caption", provisional_title=True, segments=tuple(segs)))
     articles.sort(key=lambda a: a.segments[0].raw_start if a.segments else 0)
     return [replace(a, article_id=f"{stem}-{k:02d}") for k, a in enumerate(articles, start=1)]
@@ -309,11 +453,39 @@ def _join(run: _Run) -> tuple[str, tuple[Segment, ...]]:
     return text, tuple(segs)
 
 
-def _provisional_title(text: str) -> str:
+# a clause that only sets the scene: a time, a place or purpose, a source ("近日", "在…里", "据了解")
+_SCENE_RE = re.compile(r"^(近日|日前|近期|目前|当前|今年以来|近年来|连日来|据[^，]{0,12}|记者[^，]{0,20}获悉|"
+                       r"[\d０-９一二三四五六七八九十〇]+[年月日号].{0,10}|(今|昨|当|同)[天日]|(在|为|随着|当|于|自|从|对于|按照|根据)"
+                       r".{0,30})$")
+_CLAUSE_RE = re.compile(r"[^，,；;：:。！？!?\n]+")
+
+
+def provisional_title(text: str) -> str:
+    """A title for an untitled block: the first clause of its first sentence that says what happened.
+
+    Whole clauses only, never a list fragment; clauses that only set the scene are skipped.
+
+    >>> provisional_title("近日，市审计局召开审计整改工作专题会，传达学习有关文件精神。")
+    '市审计局召开审计整改工作专题会'
+    """
     spans = split_sentences(text)
     first = text[spans[0][0]:spans[0][1]] if spans else text
-    first = first.rstrip("。！？；;!?")
-    if len(first) > 30:
-        cut = max(first.rfind("，", 0, 30), first.rfind(",", 0, 30))
-        first = first[:cut] if cut >= 8 else first[:30] + "…"
-    return first
+    clauses = [m.group(0).strip() for m in _CLAUSE_RE.finditer(first) if m.group(0).strip()]
+    if not clauses:
+        return text[:30]
+    pick = next((c for c in clauses if not _SCENE_RE.match(c) and len(c) >= 4), clauses[0])
+    if len(pick) <= 30:
+        return pick
+    # a clause too long to be a title: cut at a word boundary, marked as cut
+    out = ""
+    for w in _jieba_words(pick):
+        if len(out) + len(w) > 28:
+            break
+        out += w
+    return out + "…"
+
+
+def _jieba_words(text: str) -> list[str]:
+    from .zh import _jieba
+
+    return _jieba().lcut(text, HMM=False)

@@ -11,7 +11,7 @@ from typing import Iterable
 __all__ = [
     "is_han", "is_cjk_punct", "TERMINAL", "MEASURE_WORDS", "ends_sentence", "split_sentences", "fold_width",
     "tokenize", "words", "add_user_words", "char_bigrams", "bigram_share", "extract_terms", "numbers_in", "STOPWORDS",
-    "place_names", "place_key", "years_in", "local_place_names", "add_place_names",
+    "place_names", "place_key", "years_in", "local_place_names", "add_place_names", "spans_word", "to_fullwidth_punct",
 ]
 
 _HAN_RANGES = ((0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF), (0x20000, 0x2FA1F))
@@ -264,3 +264,50 @@ def add_place_names(names: Iterable[str]) -> None:
                 jb.add_word(w, freq=2000, tag="ns")
                 _places.add(w)
     _tokenize_cached.cache_clear()
+
+
+def spans_word(left: str, right: str) -> bool:
+    """Whether jieba's dictionary puts a word across the boundary of ``left`` + ``right``.
+
+    The evidence for an OCR space: ``spans_word("近", "期")`` and ``spans_word("红色物", "业")`` are
+    True (近期, 物业); ``spans_word("陈刚", "吴晓军")`` and ``spans_word("知险", "避险")`` are False.
+    """
+    if not left or not right:
+        return False
+    jb = _jieba()
+    pos, cut = 0, len(left)
+    for w in jb.lcut(left + right, HMM=False):
+        if pos < cut < pos + len(w):
+            return True
+        pos += len(w)
+    return False
+
+
+_ASCII_PUNCT = {",": "，", ":": "：", ";": "；", "!": "！", "?": "？"}
+
+
+def _chinese_side(ch: str) -> bool:
+    return is_han(ch) or is_cjk_punct(ch) or ch in "“”‘’"
+
+
+def to_fullwidth_punct(text: str) -> str:
+    """ASCII ``, : ; ! ?`` written in Chinese text shown full-width; length-preserving.
+
+    A mark is Chinese when a Chinese character or full-width mark stands before it and anything but a
+    Latin letter after it, or a number before it and a Chinese character after it; ``1,200``,
+    ``12:30`` and English text keep theirs.
+
+    >>> to_fullwidth_punct("城市”,位列第8名!近日,共12:30;ok, fine")
+    '城市”，位列第8名！近日，共12:30;ok, fine'
+    """
+    out = list(text)
+    n = len(text)
+    for i, ch in enumerate(text):
+        if ch not in _ASCII_PUNCT or i == 0:
+            continue
+        left = text[i - 1]
+        right = text[i + 1] if i + 1 < n else ""
+        if _chinese_side(left) and not (right.isascii() and right.isalpha()) or \
+                (left.isdigit() or left in "%％") and right and _chinese_side(right):
+            out[i] = _ASCII_PUNCT[ch]
+    return "".join(out)
