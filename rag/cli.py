@@ -139,8 +139,14 @@ def _cmd_ask(args: argparse.Namespace) -> int:
     for question, batch in _queries(args.question):
         try:
             stream = None
-            if args.mode == "llm" and not (args.json or batch):  # show the model's words as they come
+            if args.mode == "llm" and not (args.json or batch) and sys.stderr.isatty():
+                # the model's words as they come, on the terminal only and marked as an unchecked draft
+                drafted: list[str] = []
+
                 def stream(piece):
+                    if not drafted:
+                        print("（草稿，核对前）", end="", file=sys.stderr)
+                    drafted.append(piece)
                     print(piece, end="", file=sys.stderr, flush=True)
             ans = engine.ask(question, k=args.k, retriever=args.retriever,
                              history=history if args.follow else None, on_delta=stream)
@@ -155,8 +161,10 @@ def _cmd_ask(args: argparse.Namespace) -> int:
         if args.json or batch:
             _print_json(_answer_json(ans))
         else:
-            if ans.fallback_reason and args.mode == "llm":
-                print(f"（本地模型的回答未通过核对，改用原文摘录：{ans.fallback_reason}）", file=sys.stderr)
+            if ans.fallback_reason and args.mode == "llm" and not ans.refused:
+                from .pipeline import explain_fallback
+
+                print(f"（{explain_fallback(ans)}。{ans.fallback_reason}）", file=sys.stderr)
             print(ans.answer)
             if ans.citations:
                 print("\n来源：")

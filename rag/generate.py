@@ -16,7 +16,7 @@ from .ground import REFUSAL_RE, check_answer, facts_in, normalize_numbers, sourc
 from .index import Index
 from .types import Answer, Hit
 
-__all__ = ["generate_answer", "NOT_ASKED", "MODEL_UNAVAILABLE", "MODEL_FAILED", "NOT_FINISHED"]
+__all__ = ["generate_answer", "explain_fallback", "NOT_ASKED", "MODEL_UNAVAILABLE", "MODEL_FAILED", "NOT_FINISHED"]
 
 
 # the start of each fallback reason (the rest says what happened)
@@ -24,6 +24,19 @@ NOT_ASKED = "the sources do not answer this question; the model was not asked"
 MODEL_UNAVAILABLE = "local model unavailable"
 MODEL_FAILED = "the local model failed"
 NOT_FINISHED = "the model's answer was not finished"
+
+
+def explain_fallback(answer: Answer) -> str:
+    """One Chinese line for a reader: why an llm-mode question got the sources' own words instead."""
+    finish = (answer.check or {}).get("finish_reason")
+    reason = answer.fallback_reason or ""
+    if finish == "cancel":
+        return "已停止本地模型，以下为原文摘录"
+    if finish in ("time", "length"):
+        return "本地模型没有按时写完，未写完的回答不会显示；以下为原文摘录"
+    if finish in ("crashed", "hung", "error") or reason.startswith(MODEL_UNAVAILABLE):
+        return "本地模型暂时不可用，以下为原文摘录"
+    return "本地模型的回答未通过与原文的核对，以下为原文摘录"
 
 
 def _fallback(extractive: Answer, reason: str, check: dict | None = None, timings: dict | None = None) -> Answer:

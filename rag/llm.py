@@ -325,6 +325,14 @@ def _worker_main(conn, path: str, n_ctx: int, extra_bufts: bool, cancel) -> None
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in a terminal is the parent's to handle
+    try:
+        _serve_requests(conn, path, n_ctx, extra_bufts, cancel)
+    except (BrokenPipeError, ConnectionError, EOFError, OSError):
+        return  # the parent is gone: so is the worker
+
+
+def _serve_requests(conn, path: str, n_ctx: int, extra_bufts: bool, cancel) -> None:
+    parent = os.getppid()
     model = None
     while True:
         try:
@@ -353,6 +361,8 @@ def _worker_main(conn, path: str, n_ctx: int, extra_bufts: bool, cancel) -> None
         try:
             for chunk in model.create_chat_completion(messages=messages, max_tokens=max_tokens, temperature=0.0,
                                                       top_p=1.0, repeat_penalty=1.1, stream=True):
+                if os.getppid() != parent:  # orphaned (the parent was killed): stop at once
+                    return
                 choice = chunk["choices"][0]
                 delta = choice.get("delta", {}).get("content")
                 if delta:
@@ -366,6 +376,8 @@ def _worker_main(conn, path: str, n_ctx: int, extra_bufts: bool, cancel) -> None
                 if time.monotonic() - start > timeout_s:
                     reason = "time"
                     break
+        except (BrokenPipeError, ConnectionError):
+            raise
         except Exception as exc:
             conn.send(("error", f"local model failed while generating: {exc}"))
             continue

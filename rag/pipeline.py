@@ -13,6 +13,7 @@ from typing import Callable
 
 from .answer import compose_answer
 from .chunk import chunk_articles
+from .generate import explain_fallback
 from .config import INDEX_SETTINGS, Settings
 from .errors import BadInput, IndexFormat, IndexNotFound
 from .index import Index, check_fresh, load_index, seed_hashes, stale_pages, write_index
@@ -25,7 +26,7 @@ from .segment import segment_page
 from .types import Answer, Article, Hit, to_dict
 from .zh import extract_terms
 
-__all__ = ["load_articles", "build_index", "add_pages", "index_status", "Engine", "get_engine"]
+__all__ = ["load_articles", "build_index", "add_pages", "index_status", "Engine", "get_engine", "explain_fallback"]
 
 log = logging.getLogger("rag")
 

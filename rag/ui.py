@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .config import Settings
 from .errors import RagError
+from .pipeline import explain_fallback
 
 __all__ = ["build_app", "serve", "EXAMPLES"]
 
@@ -128,7 +129,7 @@ def build_app(index_dir: str | Path = "index", seeds: str | Path | None = "seeds
 
         # the question is in the conversation at once, whatever the model's queue
         yield (messages + ([{"role": "assistant", "content": busy}] if busy else []), "", gr.update(), gr.update(),
-               last, history, turn, f"⏳ 第 {turn} 问：正在检索…")
+               last, history, turn, f"第 {turn} 问：正在检索…")
         try:
             if not question:
                 raise RagError("请输入一个问题，例如：格尔木的开发区在全国排第几？")
@@ -138,12 +139,12 @@ def build_app(index_dir: str | Path = "index", seeds: str | Path | None = "seeds
                     note = _STATUS_TEXT.get(value["state"], "").format(**value)
                     shown = messages + [{"role": "assistant", "content": "⏳（" + note + "）"}]
                     yield shown, gr.update(), gr.update(), gr.update(), last, history, turn, \
-                        f"⏳ 第 {turn} 问：{note}"
+                        f"第 {turn} 问：{note}"
                 elif kind == "delta":  # the model's words as they come, marked as not yet checked
                     draft += value
                     shown = messages + [{"role": "assistant", "content": _md_text(draft) + " ⏳（核对中）"}]
                     yield shown, gr.update(), gr.update(), gr.update(), last, history + [question], turn, \
-                        f"⏳ 第 {turn} 问：本地模型正在作答，写完后与原文核对…"
+                        f"第 {turn} 问：本地模型正在作答，写完后与原文核对…"
                 elif kind == "error":
                     raise value
                 else:
@@ -151,13 +152,13 @@ def build_app(index_dir: str | Path = "index", seeds: str | Path | None = "seeds
         except RagError as exc:
             messages.append({"role": "assistant", "content": "⚠️ " + _md_text(str(exc))})
             yield messages, gr.update(), gr.update(choices=[], value=None), "", [], history, turn, \
-                f"⚠️ 第 {turn} 问未能回答"
+                f"第 {turn} 问未能回答"
             return
         except Exception as exc:  # keep serving: say what happened, log the rest
             log.exception("ask failed")
             messages.append({"role": "assistant", "content": "⚠️ 出错了：" + _md_text(type(exc).__name__)})
             yield messages, gr.update(), gr.update(choices=[], value=None), "", [], history, turn, \
-                f"⚠️ 第 {turn} 问未能回答"
+                f"第 {turn} 问未能回答"
             return
         cites = [{"n": c.n, "article_id": c.article_id, "title": c.title, "source": c.source,
                   "excerpt": c.excerpt, "start": c.start, "end": c.end, "line": c.line} for c in ans.citations]
@@ -174,7 +175,7 @@ def build_app(index_dir: str | Path = "index", seeds: str | Path | None = "seeds
         prefix = "🔍 " if ans.refused else ""
         stopped = (ans.check or {}).get("finish_reason") == "cancel"
         if mode == "llm" and ans.mode == "extractive-fallback" and not ans.refused:
-            prefix = _fallback_note(ans)
+            prefix = f"（{explain_fallback(ans)}）\n"
         text = prefix + ans.answer
         messages.append({"role": "assistant", "content": ""})
         step = max(2, len(text) // 25)
@@ -183,7 +184,7 @@ def build_app(index_dir: str | Path = "index", seeds: str | Path | None = "seeds
             yield messages, gr.update(), gr.update(), gr.update(), last, history + [question], turn, gr.update()
             time.sleep(0.01)
         seconds = time.perf_counter() - t0
-        done = f"⏹ 第 {turn} 问已停止" if stopped else f"✅ 第 {turn} 问已回答，用时 {seconds:.1f} 秒"
+        done = f"第 {turn} 问已停止" if stopped else f"第 {turn} 问已回答，用时 {seconds:.1f} 秒"
         yield messages, gr.update(), gr.update(choices=choices, value=None), panel, items, history + [question], \
             turn, done
 
@@ -225,7 +226,7 @@ def build_app(index_dir: str | Path = "index", seeds: str | Path | None = "seeds
                         box = gr.Textbox(placeholder="输入问题，按回车发送", show_label=False, scale=5,
                                          max_lines=3, elem_id="question")
                         send = gr.Button("提问", variant="primary", scale=1, elem_id="send")
-                    answer_state = gr.Markdown("", elem_id="answer-state")
+                    answer_state = gr.Markdown("", elem_id="answer-state", elem_classes=["rag-note"])
                     with gr.Row():
                         stop = gr.Button("停止", elem_id="stop", variant="stop")
                         clear = gr.Button("清空对话", elem_id="clear")
@@ -299,18 +300,6 @@ def _stop(request) -> None:
         event = _cancels.get(getattr(request, "session_hash", None) or "?")
     if event is not None:
         event.set()
-
-
-def _fallback_note(ans) -> str:
-    """What the chat says above an extractive answer given in local-model mode."""
-    finish = (ans.check or {}).get("finish_reason")
-    if finish == "cancel":
-        return "（已停止本地模型，以下为原文摘录）\n"
-    if finish in ("time", "length"):
-        return "（本地模型没有按时写完，未经核对的半句话不会显示；以下为原文摘录）\n"
-    if finish in ("crashed", "hung", "error") or (ans.fallback_reason or "").startswith("local model unavailable"):
-        return "（本地模型暂时不可用，以下为原文摘录）\n"
-    return "（本地模型的回答未通过与原文的核对，以下为原文摘录）\n"
 
 
 def _usable_examples(backend: _Backend) -> list[str]:

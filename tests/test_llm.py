@@ -18,7 +18,9 @@ llama_cpp = pytest.importorskip("llama_cpp", reason="the llm extra is installed 
 def llm_engine(index_dir):
     from rag.pipeline import get_engine
 
-    engine = get_engine(index_dir, answer_mode="llm")
+    # a generous time limit: these tests are about the answers, not the speed of the machine (the
+    # limit itself is tested below with a limit no machine can meet)
+    engine = get_engine(index_dir, answer_mode="llm", llm_timeout_s=300.0)
     engine.ask("试点企业签了多少份电子劳动合同？")  # assemble and load the model once
     return engine
 
