@@ -35,7 +35,15 @@ def _settings(args: argparse.Namespace):
 def _cmd_articles(args: argparse.Namespace) -> int:
     from . import pipeline
 
-    for a in pipeline.load_articles(args.seeds):
+    if args.report:  # per page: articles, title source, byline, unplaced blocks, repaired spaces
+        from .ingest import list_pages, read_page
+        from .segment import read_layout, render_report
+
+        for path in args.pages or list_pages(args.seeds):
+            page = read_page(path)
+            print(render_report(read_layout(page.text, page.name)))
+        return 0
+    for a in pipeline.load_articles(args.seeds, pages=args.pages or None):
         if args.json:
             _print_json({"article_id": a.article_id, "title": a.title, "subtitle": a.subtitle,
                          "byline": a.byline, "source": a.source, "kind": a.kind,
@@ -280,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("articles", help="list the articles rebuilt from the seed pages")
     p.add_argument("--seeds", default="seeds", help="folder of page files (default: seeds)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--report", action="store_true",
+                   help="per page: articles with kind, title source, byline, unplaced blocks, spaces kept")
+    p.add_argument("pages", nargs="*", metavar="FILE", help="page files to read instead of the seeds folder")
     p.set_defaults(func=_cmd_articles)
 
     p = sub.add_parser("index", help="build the index from the seed pages (or add pages to it)")

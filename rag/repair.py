@@ -146,7 +146,7 @@ def decide_spaces(line: str) -> tuple[str, list[int], int, list[str]]:
         else:
             kept.append(lead + i)  # keep one space
             if kl == kr == "han":
-                kept_spaces.append(stripped[max(0, i - 4):j + 4])
+                kept_spaces.append(stripped[max(0, i - 3):j + 3])
         i = j
     return "".join(line[k] for k in kept), kept, dropped, kept_spaces
 

@@ -11,11 +11,13 @@ import re
 from dataclasses import dataclass, field, replace
 from pathlib import PurePath
 
-from .repair import BYLINE_LINE_RE, JUMP_RE as _JUMP_RE, ROLE, Paragraph, is_table_row, repair_page, slice_segments
+from .repair import (BYLINE_LINE_RE, JUMP_RE as _JUMP_RE, ROLE, Paragraph, SpaceReport, is_table_row, repair_page,
+                     report_spaces, slice_segments)
 from .types import Article, Segment
 from .zh import bigram_share, char_bigrams, ends_sentence, split_sentences
 
-__all__ = ["segment_page", "read_layout", "PageLayout", "headline_similarity", "clean_byline", "provisional_title"]
+__all__ = ["segment_page", "read_layout", "PageLayout", "render_report", "headline_similarity", "clean_byline",
+           "provisional_title"]
 
 # captions: numbered or "图为" lines, and lines that end in a credit (…供图, （本报记者 摄）, 摄影：…)
 _CAPTION_RE = re.compile(r"^(图[①-⑳\d一二三四五六七八九十]*[：:]|图为|本版图文|（?摄影?[：:])|"
@@ -179,8 +181,10 @@ def _strip_prefix(text: str, segs: tuple[Segment, ...], n: int) -> tuple[str, tu
 class PageLayout:
     """What segmentation made of a page: its articles and captions, and the blocks it could not place."""
 
+    source: str
     articles: list[Article]
-    unplaced: list[str]  # headlines with no body (a digest, a lost headline), column labels are not listed
+    unplaced: list[str]  # headlines with no body (a digest, a lost headline); column labels are not listed
+    spaces: SpaceReport
 
 
 def segment_page(raw: str, source: str) -> list[Article]:
@@ -202,7 +206,30 @@ def read_layout(raw: str, source: str) -> PageLayout:
     runs = [obj for kind, obj in items if kind == "R"]
     unplaced = _place_headlines(items, runs)
     articles = _articles(items, paras, flags, source)
-    return PageLayout(articles, unplaced)
+    return PageLayout(source, articles, unplaced, report_spaces(raw))
+
+
+def render_report(layout: PageLayout) -> str:
+    """A page as a person checking a new paper reads it: each article with its kind, where its title
+    came from (printed or provisional), byline; the blocks with no place; the spaces and marks repaired."""
+    arts = [a for a in layout.articles if a.kind == "article"]
+    sp = layout.spaces
+    lines = [f"== {layout.source}: {len(arts)} articles, {len(layout.articles) - len(arts)} captions, "
+             f"{len(layout.unplaced)} unplaced; OCR spaces dropped {sp.dropped}, kept {len(sp.kept)}; "
+             f"punctuation made full-width {sp.punct}"]
+    for a in layout.articles:
+        source = "provisional" if a.provisional_title else "printed"
+        kind = "caption" if a.kind == "caption" else ("continued" if a.continuation else "article")
+        lines.append(f"  {a.article_id.rsplit('-', 1)[-1]}  {kind:<9} {source:<11} {a.title}")
+        if a.subtitle:
+            lines.append(f"      subtitle: {a.subtitle}")
+        if a.byline:
+            lines.append(f"      byline:   {a.byline}")
+    for block in layout.unplaced:
+        lines.append(f"  unplaced: {block}")
+    if sp.kept:
+        lines.append("  kept spaces: " + " | ".join(k.replace("\n", " ") for k in sp.kept))
+    return "\n".join(lines)
 
 
 def _items(paras: list[Paragraph], flags: list[str]) -> list[tuple[str, object]]:
