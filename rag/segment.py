@@ -125,6 +125,8 @@ def _headline_group(texts: list[str]) -> tuple[str, str | None]:
     mains = [t for t in texts if t not in subs]
     if not mains:
         return texts[0], None
+    if len(mains) >= 2 and len(mains[0]) <= 4 and len(mains[1]) >= 8:
+        mains = mains[1:]  # a column label (文明之光, 今日关注) over the headline, not half of it
     kicker: list[str] = []
     if len(mains) >= 2 and (subs or _KICKER_RE.search(mains[0])):
         kicker, mains = mains[:1], mains[1:]
