@@ -252,9 +252,11 @@ def collect_evidence(engine, items: list[QAItem], base: ScoringParams | None = N
     index, settings = engine.index, engine.settings
     sources = sorted({a.source for a in index.articles.values()})
     out = []
+    if hasattr(engine, "query_vectors"):  # one batch: far quicker than one question at a time
+        engine.query_vectors(list(dict.fromkeys(_resolved(i).strip() for i in items)))
     for item in items:
-        q = _resolved(item)
-        vec = engine.encoder.encode_queries([q])[0]
+        q = _resolved(item).strip()
+        vec = engine.query_vectors([q])[0] if hasattr(engine, "query_vectors") else engine.encoder.encode_queries([q])[0]
         ranked = fused_ranking(index, q, settings=settings, query_vector=vec, retriever=settings.retriever,
                                n=max(settings.candidates, base.rerank_depth))
         depth = [(row, rank) for rank, (row, _) in enumerate(ranked[: base.rerank_depth], start=1)]

@@ -184,13 +184,26 @@ class Engine:
                               f"model {self.settings.model!r} makes {enc.dimension}; rebuild with `rag index`")
         return enc
 
+    def query_vectors(self, queries: list[str]) -> "np.ndarray":
+        """The encoded queries (a few hundred recent ones are kept: an evaluation or a user asks again)."""
+        import numpy as np
+
+        cache = self.__dict__.setdefault("_query_cache", {})
+        todo = list(dict.fromkeys(q for q in queries if q not in cache))
+        if todo:
+            for q, v in zip(todo, self.encoder.encode_queries(todo)):
+                while len(cache) >= 1024:
+                    cache.pop(next(iter(cache)))
+                cache[q] = v
+        return np.stack([cache[q] for q in queries]) if queries else np.zeros((0, self.index.dimension), np.float32)
+
     def search(self, query: str, *, k: int | None = None, retriever: str | None = None,
                scoring: ScoringParams | None = None, query_vector=None) -> list[Hit]:
         """Hybrid (or BM25 / dense) search of the index, reranked with ``scoring`` (default: the fitted one)."""
         mode = retriever or self.settings.retriever
         vector = query_vector
         if vector is None and (mode != "bm25" or self.settings.rerank):
-            vector = self.encoder.encode_queries([check_query(query, self.settings)])[0]
+            vector = self.query_vectors([check_query(query, self.settings)])[0]
         return _search(self.index, query, k=self.settings.top_k if k is None else k, settings=self.settings,
                        query_vector=vector, retriever=mode, scoring=scoring)
 
@@ -214,7 +227,7 @@ class Engine:
         t0 = time.perf_counter()
         q = check_query(question, self.settings)
         resolved = resolve_followup(q, [h for h in (history or []) if isinstance(h, str)])
-        vector = self.encoder.encode_queries([check_query(resolved, self.settings)])[0]
+        vector = self.query_vectors([check_query(resolved, self.settings)])[0]
         hits = self.search(resolved, k=k, retriever=retriever, scoring=scoring, query_vector=vector)
         t1 = time.perf_counter()
         answer = compose_answer(self.index, q, hits, self.settings, retrieval_query=resolved, query_vector=vector,

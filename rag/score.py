@@ -27,7 +27,7 @@ from .zh import (MEASURE_WORDS, add_place_names, fold_width, local_place_names, 
 
 __all__ = ["FEATURES", "ScoringParams", "load_scoring", "save_scoring", "Evidence", "Judgement", "fact_match",
            "term_coverage", "place_check", "year_check", "describe_sentences", "gather_evidence", "rerank",
-           "judge", "fit_logistic", "SCORING_FILE", "remember_evidence", "evidence_of_hits"]
+           "judge", "fit_logistic", "SCORING_FILE", "term_weights", "coverage", "remember_evidence", "evidence_of_hits"]
 
 FEATURES = ("coverage", "similarity", "fact", "place", "year", "prior")
 SCORING_FILE = Path(__file__).parent / "data" / "scoring.json"
@@ -122,32 +122,44 @@ def save_scoring(params: ScoringParams, path: str | Path | None = None) -> Path:
 
 # --- rule 1: term coverage ------------------------------------------------------------------------
 
-def term_coverage(info: QuestionInfo, text: str, idf: dict[str, float], *, context: str = "",
-                  unknown_idf: float = 5.0, corpus: str = "", folded: bool = False) -> float:
-    """IDF-weighted share of the question's terms in the text (terms only in the article count half;
-    generic question nouns count little; a term the newspapers never mention counts extra).
-    ``folded``: the context is already width-folded and lower-cased."""
-    s = fold_width(text).lower()
-    c = context if folded else fold_width(context).lower()
-    total = got = 0.0
+def term_weights(info: QuestionInfo, idf: dict[str, float], *, unknown_idf: float = 5.0,
+                 corpus: str = "") -> tuple[tuple[str, float], ...]:
+    """The weight of each question term: its IDF, little for a generic question noun, more for a
+    word the newspapers never use (in a Chinese question: a concept they may not cover, or everyday
+    wording for one they do — the similarity feature tells those apart)."""
     han = sum(1 for ch in info.text if "\u4e00" <= ch <= "\u9fff")
     english = han < sum(1 for ch in info.text if ch.isascii() and ch.isalpha())
+    out = []
     for t in info.terms:
         w = idf.get(t, unknown_idf) * (0.3 if t in SOFT_TERMS else 1.0)
-        if corpus and t not in corpus and t not in SOFT_TERMS:
-            # in an English question, a word the Chinese sources never use says little; in a
-            # Chinese question it may be a concept they do not cover, or everyday wording for one
-            # they do (the similarity feature tells those apart)
+        if corpus and t not in SOFT_TERMS and t not in corpus:
             w *= 0.3 if t.isascii() and english else 1.5
+        out.append((t, w))
+    return tuple(out)
+
+
+def coverage(weights: tuple[tuple[str, float], ...], numbers: tuple[str, ...], text: str, context: str) -> float:
+    """Weighted share of the terms in ``text`` (a term only in ``context`` counts half) and of the
+    question's numbers, which must be in the text with their unit. Both texts width-folded, lower-cased."""
+    total = got = 0.0
+    for t, w in weights:
         total += w
-        if t in s:
+        if t in text:
             got += w
-        elif t in c:
+        elif t in context:
             got += 0.5 * w
-    for num in info.numbers:  # a number in the question must be in the evidence, with its unit
+    for num in numbers:  # a number in the question must be in the evidence: a constraint, ordinary weight
         total += 3.0
-        got += 3.0 if num in s else 0.0
+        got += 3.0 if num in text else 0.0
     return got / total if total else 0.0
+
+
+def term_coverage(info: QuestionInfo, text: str, idf: dict[str, float], *, context: str = "",
+                  unknown_idf: float = 5.0, corpus: str = "") -> float:
+    """IDF-weighted share of the question's terms in the text (terms only in the article count half;
+    generic question nouns count little; a term the newspapers never mention counts extra)."""
+    weights = term_weights(info, idf, unknown_idf=unknown_idf, corpus=corpus)
+    return coverage(weights, info.numbers, fold_width(text).lower(), fold_width(context).lower())
 
 
 # --- rule 2: the asked-for fact -------------------------------------------------------------------
@@ -240,6 +252,14 @@ def year_check(asked: tuple[str, ...], sentence_years: tuple[str, ...], article_
     return tuple(missing)
 
 
+def _fold(text: str) -> str:
+    """Width-folded and lower-cased, keeping every character's offset."""
+    low = fold_width(text).lower()
+    if len(low) != len(text):  # a few letters lower-case to two characters ("İ")
+        low = "".join(c if len(c) == 1 else ch for ch, c in ((ch, ch.lower()) for ch in fold_width(text)))
+    return low
+
+
 class SentenceTable:
     """The index's sentence facts and vectors, looked up by article and offset."""
 
@@ -278,6 +298,8 @@ class SentenceTable:
                 own.append(self.page_place[art.source])
             self.article_places[aid] = tuple(dict.fromkeys(own))
             self.article_years[aid] = tuple(years_in(art.title + "\n" + art.text))
+        # width-folded, lower-cased title and text (length-preserving, so text offsets still hold)
+        self.folded = {aid: _fold(art.title + "\n" + art.text) for aid, art in articles.items()}
 
     def row_at(self, article_id: str, pos: int) -> int | None:
         """The sentence row holding article position ``pos``."""
@@ -372,13 +394,15 @@ def gather_evidence(index, query: str, query_vector: np.ndarray, ranked: list[tu
     corpus = _corpus_text(index)
     table = sentence_table(index)
     qv = np.asarray(query_vector, dtype=np.float32).reshape(-1)
+    weights = term_weights(info, idf, unknown_idf=unknown_idf, corpus=corpus)
     windows = info.kind in ("count", "rank", "date")
     seen: set[tuple[str, int, int]] = set()
     out: list[Evidence] = []
     for row, rank in ranked:
         chunk = index.chunks[row]
         art = index.articles[chunk.article_id]
-        context = fold_width(art.title + "\n" + art.text).lower()
+        context = table.folded[art.article_id]
+        offset = len(art.title) + 1
         a_places = table.article_places.get(art.article_id, ())
         a_years = table.article_years.get(art.article_id, ())
         for s, e in split_sentences(chunk.text):
@@ -395,8 +419,7 @@ def gather_evidence(index, query: str, query_vector: np.ndarray, ranked: list[tu
                     continue
                 seen.add((art.article_id, w0, w1))
                 t = art.text[w0:w1]
-                feats = (term_coverage(info, t, idf, context=context, unknown_idf=unknown_idf, corpus=corpus,
-                                       folded=True),
+                feats = (coverage(weights, info.numbers, context[offset + w0:offset + w1], context),
                          (sim - params.sim_center) * params.sim_scale,
                          fact_match(info, t),
                          0.0 if miss_p else 1.0,
