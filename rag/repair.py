@@ -37,6 +37,8 @@ JUMP_RE = re.compile(r"\s*(?:[（(]\s*(?:下转|转第?|转至)[^）)]{0,10}[）
 # A news lead glued to the end of a headline on the same line: "爱路护路宣传进校园 本报讯（记者…）".
 _EMBEDDED_START_RE = re.compile(r"\s+(?=本报讯[（(])")
 _PAIRS = {"“": "”", "‘": "’", "「": "」", "『": "』", "（": "）", "(": ")", "《": "》", "【": "】"}
+# a photo credit standing on its own line: 宜春丰城高新区供图, （本报记者 摄）
+_CREDIT_LINE_RE = re.compile(r"^[（(]?[^，。,]{0,30}(供图|摄影?)\s*[）)]?$")
 # a table cell: a short run of Chinese characters and figures ("销售收入", "501.5亿元")
 _CELL_RE = re.compile(r"^[\u4e00-\u9fff\d.%％]{1,10}$")
 _FIGURE_CELL_RE = re.compile(r"^\d[\d.]*[%％\u4e00-\u9fff]+$")
@@ -198,7 +200,8 @@ def should_join(prev: str, nxt: str, width: float, blanks: int = 0) -> bool:
     """
     if blanks >= 2 or not prev or not nxt:
         return False
-    if BLOCK_START_RE.match(nxt) or BYLINE_LINE_RE.match(prev):
+    if BLOCK_START_RE.match(nxt) or BYLINE_LINE_RE.match(prev) or _CREDIT_LINE_RE.match(nxt) or \
+            _CREDIT_LINE_RE.match(prev):
         return False
     if ends_sentence(prev) or JUMP_RE.search(prev) or is_table_row(prev) or is_table_row(nxt):
         return False

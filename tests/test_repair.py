@@ -6,8 +6,8 @@ import re
 import pytest
 
 from rag.ingest import read_page
-from rag.repair import remove_ocr_spaces, repair_page, should_join
-from rag.zh import fold_width
+from rag.repair import decide_spaces, is_table_row, remove_ocr_spaces, repair_page, report_spaces, should_join
+from rag.zh import fold_width, to_fullwidth_punct
 
 
 @pytest.mark.parametrize("raw, fixed", [
@@ -73,3 +73,61 @@ def test_words_broken_across_lines_are_joined(seeds_dir):
     assert "党风廉政建设责任制工作领导小组办公室组织开展" in text
     assert "试点企业已顺利签订电子劳动合同182份" in text
     assert "在全国230家国家级经济技术开发区中位列128位" in text
+
+
+@pytest.mark.parametrize("raw, fixed", [
+    ("本报 讯（通讯 员 刘慧敏）近 期，瑞昌市", "本报讯（通讯员 刘慧敏）近期，瑞昌市"),  # words the dictionary spans
+    ("推行“红色物 业”，由社区", "推行“红色物业”，由社区"),
+    ("实行“划片招生、就近入 学”", "实行“划片招生、就近入学”"),
+    ("公众号报名 ，报名结果", "公众号报名，报名结果"),  # before a full-width comma
+    ("开园首日接待游 客超过", "开园首日接待游客超过"),
+    ("兰 考 民 族 乐 器 走 俏 海 外", "兰考民族乐器走俏海外"),  # letter-spaced headline
+    ("老旧小区引入物业服务 居民议事会定规矩", "老旧小区引入物业服务 居民议事会定规矩"),  # two phrases
+    ("以“冰雪同梦 亚洲同心”为主题", "以“冰雪同梦 亚洲同心”为主题"),  # a slogan
+    ("年份 销售收入 其中预包装", "年份 销售收入 其中预包装"),  # table rows keep their cells apart
+    ("2022年 600.6亿元 182亿元", "2022年 600.6亿元 182亿元"),
+])
+def test_spaces_are_decided_by_the_words_on_both_sides(raw, fixed):
+    assert remove_ocr_spaces(raw)[0] == fixed
+
+
+def test_kept_spaces_are_listed_with_their_neighbours():
+    text, kept, dropped, listed = decide_spaces("陈刚 吴晓军等领导 近 期")
+    assert text == "陈刚 吴晓军等领导近期"
+    assert dropped == 2 and listed == ["陈刚 吴晓军"]
+
+
+@pytest.mark.parametrize("raw, shown", [
+    ("城市”,位列第八名!近日", "城市”，位列第八名！近日"),
+    ("从行业分布看:数量居前三", "从行业分布看：数量居前三"),
+    ("需求1522人,2024年需求", "需求1522人，2024年需求"),
+    ("剪辑?”晚上", "剪辑？”晚上"),
+    ("一方面;另一方面", "一方面；另一方面"),
+    ("共1,200人", "共1,200人"),  # a thousands separator
+    ("12:30开始", "12:30开始"),  # a time
+    ("ISO 9001: quality, ok", "ISO 9001: quality, ok"),  # English keeps its marks
+])
+def test_ascii_punctuation_in_chinese_text_is_shown_full_width(raw, shown):
+    assert to_fullwidth_punct(raw) == shown
+
+
+def test_full_width_marks_still_map_to_the_raw_page():
+    raw = "据了解,为解决企业的“急\n\n难愁盼”,青岛高新区实施新模式。\n"
+    (para,) = repair_page(raw)
+    assert para.text == "据了解，为解决企业的“急难愁盼”，青岛高新区实施新模式。"
+    for seg in para.segments:
+        assert fold_width(raw[seg.raw_start:seg.raw_start + seg.length]) == \
+            fold_width(para.text[seg.start:seg.start + seg.length])
+    report = report_spaces(raw)
+    assert report.punct == 2 and report.dropped == 0
+
+
+@pytest.mark.parametrize("line, table", [
+    ("年份 销售收入 其中预包装", True),
+    ("2021年 501.5亿元 152亿元", True),
+    ("自 2023 年 12 月 19 日至 27 日", False),  # OCR spaces around figures, not cells
+    ("市 委 常 委 会", False),
+    ("陈刚 吴晓军等领导同志带头捐款", False),
+])
+def test_table_rows(line, table):
+    assert is_table_row(line) is table

@@ -4,11 +4,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from rag.ingest import read_page
-from rag.segment import segment_page
+from rag.segment import clean_byline, provisional_title, read_layout, segment_page
 from rag.zh import fold_width
 
 # (page, headline, distinctive phrase of its body, byline or None) read off the pages by hand
@@ -146,3 +147,66 @@ def test_cli_articles_json(seeds_dir):
     titles = [r["title"] for r in rows]
     for _, title, _, _ in EXPECTED:
         assert any(title in t for t in titles)
+
+
+@pytest.mark.parametrize("raw, clean", [
+    ("□ 记 者 王 静 通讯员 马晓东", "记者 王静 通讯员 马晓东"),  # letter-spaced role and name
+    ("记者王静通讯员马晓东", "记者 王静 通讯员 马晓东"),  # no spaces at all
+    ("● 本报记者 何 佳", "本报记者 何佳"),
+    ("（本报评论员 何平）", "本报评论员 何平"),
+    ("(作者系衢州学院副教授 方卫东)", "作者系衢州学院副教授 方卫东"),
+    ("► 李媛 刘文研", "李媛 刘文研"),  # two names stay two
+    ("记者 王秀琴 通讯员 蒙文平", "记者 王秀琴 通讯员 蒙文平"),
+])
+def test_bylines_are_cleaned_by_pattern(raw, clean):
+    assert clean_byline(raw) == clean
+
+
+@pytest.mark.parametrize("text, title", [
+    ("近日，市审计局召开审计整改工作专题会，传达学习有关文件精神。", "市审计局召开审计整改工作专题会"),
+    ("在高台县巷道镇的蔬菜大棚里，种植户正忙着采摘番茄。", "种植户正忙着采摘番茄"),
+    ("5月20日起，临泽县组织植保无人机40架开展作业。", "临泽县组织植保无人机40架开展作业"),
+    ("柳州市第二批城市“口袋公园”日前完工，新增绿地4.2万平方米。", "柳州市第二批城市“口袋公园”日前完工"),
+])
+def test_provisional_titles_are_whole_clauses(text, title):
+    assert provisional_title(text) == title
+
+
+@pytest.mark.parametrize("line", [
+    "工人在螺蛳粉生产线上包装产品。（本报记者 摄）",
+    "图为思明区鹭江道旁的“口袋公园”。 本报记者 林晓 摄",
+    "（《成都日报》供图）",
+    "柳南区委宣传部供图",
+])
+def test_photo_credits_are_captions_never_articles(line):
+    page = f"本报讯（记者 张三）近日，某县新建公园一座，方便市民休闲。\n\n某县新建公园\n\n{line}\n"
+    arts = segment_page(page, "p.txt")
+    assert [a.kind for a in arts if line.strip("（）")[:6] in a.text] == ["caption"]
+    assert [a.title for a in arts if a.kind == "article"] == ["某县新建公园"]
+
+
+def test_kicker_subtitle_label_and_jump():
+    page = ("新闻速递\n\n为了群众温暖过冬\n\n某县供热管网改造完工\n\n——新增供热面积80万平方米\n\n"
+            "本报讯（记 者 赵 芳）11月15日零时，某县集中供热正式启动。\n\n（下转第三版）\n")
+    (art,) = segment_page(page, "p.txt")
+    assert (art.title, art.subtitle, art.byline) == \
+        ("某县供热管网改造完工", "为了群众温暖过冬　——新增供热面积80万平方米", "记者 赵芳")
+    assert art.text == "11月15日零时，某县集中供热正式启动。"
+
+
+def test_a_digest_of_headlines_is_no_article():
+    page = ("今日导读\n\n某市地铁二期开通运营 2版\n\n某区新增骑行驿站48个 3版\n\n\n\n"
+            "某市开通新线\n\n本报讯（记者 张三）近日，某市开通公交新线。\n")
+    layout = read_layout(page, "p.txt")
+    assert [a.title for a in layout.articles] == ["某市开通新线"]
+    assert layout.unplaced == ["某市地铁二期开通运营2版 / 某区新增骑行驿站48个3版"]
+
+
+def test_cli_articles_report():
+    page = Path(__file__).parent / "data" / "pages" / "chengdu_digest.txt"
+    proc = subprocess.run([sys.executable, "-m", "rag", "articles", "--report", str(page)],
+                          capture_output=True, text=True, check=True)
+    out = proc.stdout
+    assert out.startswith("== chengdu_digest.txt: 2 articles, 1 captions, 1 unplaced")
+    assert "printed     “蓉易办”上线企业开办一件事" in out and "byline:   本报记者 何佳" in out
+    assert "unplaced: 成都地铁19号线二期开通运营" in out
