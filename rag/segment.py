@@ -30,7 +30,7 @@ _NAME_RE = re.compile(r"^[\u4e00-\u9fff]{2,4}(\s+[\u4e00-\u9fff]{2,4}){0,3}$")
 # a list item led by a bullet: "● 柳州市第二批城市…完工，…。"
 _ITEM_RE = re.compile(r"^[●■▲◆★☆·•]\s*")
 # a column label printed above headlines or items: 民生简讯, 新闻速递, 今日导读, 短评
-_LABEL_RE = re.compile(r"^.{0,4}(简讯|快讯|短讯|速递|速览|导读|短评|时评|评论|观察|传真|动态|要闻|一线|声音|视点|纵横|聚焦)$")
+_LABEL_RE = re.compile(r"^(?=.{2,6}$).{0,4}(简讯|快讯|短讯|速递|速览|导读|短评|时评|评论|观察|传真|动态|要闻|视点|纵横)$")
 # a headline in a digest, with the page it is on: "天府绿道新增骑行驿站48个 3版"
 _PAGE_REF_RE = re.compile(r"\s*(?:第?[\d一二三四五六七八九十]+|[A-Z]\d*)\s*版$")
 # a kicker (引题) often says what for or where from: 为了…, 让…, 从…
@@ -336,6 +336,11 @@ def _place_headlines(items: list, runs: list[_Run]) -> list[str]:
         if sum(1 for t in texts if _PAGE_REF_RE.search(t)) >= max(1, len(texts) // 2):
             lost.append(("", None, texts))  # a digest of headlines on other pages
             continue
+        mains = [t for t in texts if not t.startswith(("——", "—"))]
+        if len(mains) > 3:  # a list of headlines (kicker, headline, subtitle make three): only the last
+            cut = texts.index(mains[-1])  # line, next to the body, is its headline
+            lost.append(("", None, texts[:cut]))
+            texts = texts[cut:]
         title, subtitle = _headline_group(texts)
         prev_run = items[i - 1][1] if i > 0 and items[i - 1][0] == "R" else None
         nxt = items[i + 1] if i + 1 < len(items) else None

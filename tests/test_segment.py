@@ -210,3 +210,11 @@ def test_cli_articles_report():
     assert out.startswith("== chengdu_digest.txt: 2 articles, 1 captions, 1 unplaced")
     assert "printed     “蓉易办”上线企业开办一件事" in out and "byline:   本报记者 何佳" in out
     assert "unplaced: 成都地铁19号线二期开通运营" in out
+
+
+def test_a_run_of_headlines_is_not_one_title():
+    page = ("某市新建公园三座\n\n某区开通公交新线\n\n某县举办农民丰收节\n\n某镇修缮古桥\n\n"
+            "本报讯（记者 张三）近日，某镇完成古桥修缮，恢复通行。\n")
+    layout = read_layout(page, "p.txt")
+    assert [(a.title, a.subtitle) for a in layout.articles] == [("某镇修缮古桥", None)]
+    assert layout.unplaced == ["某市新建公园三座 / 某区开通公交新线 / 某县举办农民丰收节"]
