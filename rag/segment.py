@@ -14,7 +14,7 @@ from pathlib import PurePath
 from .repair import (BYLINE_LINE_RE, JUMP_RE as _JUMP_RE, ROLE, Paragraph, SpaceReport, is_table_row, repair_page,
                      report_spaces, slice_segments)
 from .types import Article, Segment
-from .zh import bigram_share, char_bigrams, ends_sentence, split_sentences
+from .zh import bigram_share, char_bigrams, cut_words, ends_sentence, split_sentences
 
 __all__ = ["segment_page", "read_layout", "PageLayout", "render_report", "headline_similarity", "clean_byline",
            "provisional_title"]
@@ -490,7 +490,7 @@ def _join(run: _Run) -> tuple[str, tuple[Segment, ...]]:
 # a clause that only sets the scene: a time, a place or purpose, a source ("近日", "在…里", "据了解")
 _SCENE_RE = re.compile(r"^(近日|日前|近期|目前|当前|今年以来|近年来|连日来|据[^，]{0,12}|记者[^，]{0,20}获悉|"
                        r"[\d０-９一二三四五六七八九十〇]+[年月日号].{0,10}|(今|昨|当|同)[天日]|(在|为|随着|当|于|自|从|对于|按照|根据)"
-                       r".{0,30})$")
+                       r".*)$")
 _CLAUSE_RE = re.compile(r"[^，,；;：:。！？!?\n]+")
 
 
@@ -512,14 +512,9 @@ def provisional_title(text: str) -> str:
         return pick
     # a clause too long to be a title: cut at a word boundary, marked as cut
     out = ""
-    for w in _jieba_words(pick):
+    for w in cut_words(pick):
         if len(out) + len(w) > 28:
             break
         out += w
     return out + "…"
 
-
-def _jieba_words(text: str) -> list[str]:
-    from .zh import _jieba
-
-    return _jieba().lcut(text, HMM=False)

@@ -11,7 +11,7 @@ from typing import Iterable
 __all__ = [
     "is_han", "is_cjk_punct", "TERMINAL", "MEASURE_WORDS", "ends_sentence", "split_sentences", "fold_width",
     "tokenize", "words", "add_user_words", "char_bigrams", "bigram_share", "extract_terms", "numbers_in", "STOPWORDS",
-    "place_names", "place_key", "years_in", "local_place_names", "add_place_names", "spans_word", "to_fullwidth_punct",
+    "place_names", "place_key", "years_in", "local_place_names", "add_place_names", "spans_word", "to_fullwidth_punct", "cut_words",
 ]
 
 _HAN_RANGES = ((0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF), (0x20000, 0x2FA1F))
@@ -266,6 +266,11 @@ def add_place_names(names: Iterable[str]) -> None:
     _tokenize_cached.cache_clear()
 
 
+def cut_words(text: str) -> list[str]:
+    """jieba's precise-mode words of a text, every character kept (no stopword or punctuation dropped)."""
+    return _jieba().lcut(text, HMM=False)
+
+
 def spans_word(left: str, right: str) -> bool:
     """Whether jieba's dictionary puts a word across the boundary of ``left`` + ``right``.
 
@@ -274,9 +279,8 @@ def spans_word(left: str, right: str) -> bool:
     """
     if not left or not right:
         return False
-    jb = _jieba()
     pos, cut = 0, len(left)
-    for w in jb.lcut(left + right, HMM=False):
+    for w in cut_words(left + right):
         if pos < cut < pos + len(w):
             return True
         pos += len(w)
