@@ -329,9 +329,11 @@ _NEWS_OPENING_RE = re.compile(r"^(近日|日前|近期|近年来|今年以来|�
 def _place_headlines(items: list, runs: list[_Run]) -> list[str]:
     """Give each headline group a body; return the groups that found none."""
     lost: list[tuple[str, str | None, list]] = []
-    for i, (kind, obj) in enumerate(items):
+    for entry in list(items):  # a split run adds items: walk a copy, find each headline's place anew
+        kind, obj = entry
         if kind != "H":
             continue
+        i = next(k for k, e in enumerate(items) if e is entry)
         texts = [p.text for p in obj]
         if sum(1 for t in texts if _PAGE_REF_RE.search(t)) >= max(1, len(texts) // 2):
             lost.append(("", None, texts))  # a digest of headlines on other pages

@@ -218,3 +218,9 @@ def test_a_run_of_headlines_is_not_one_title():
     layout = read_layout(page, "p.txt")
     assert [(a.title, a.subtitle) for a in layout.articles] == [("某镇修缮古桥", None)]
     assert layout.unplaced == ["某市新建公园三座 / 某区开通公交新线 / 某县举办农民丰收节"]
+
+
+def test_every_seed_headline_finds_a_body(seeds_dir):
+    for path in sorted(seeds_dir.glob("*.txt")):
+        page = read_page(path)
+        assert read_layout(page.text, page.name).unplaced == [], page.name
