@@ -22,13 +22,14 @@ ROLE = r"(?:本报|特约|见习|首席|摄影)?(?:记者|通讯员|评论员|�
 _MARKS = "□■►▶●◆▲★☆"
 # Lines that always begin a new block: news leads, continuations and jumps, captions, bylines, list items.
 BLOCK_START_RE = re.compile(
-    rf"^(本\s?报\s?讯|[{_MARKS}]|[（(]\s*(上接|下转|接上|紧接|转第)|图[①-⑳\d一二三四五六七八九十]*[：:]|图为|本版图文|"
+    rf"^(本\s?报\s?讯|(?:本报|[\u4e00-\u9fff]{{1,4}}社)[\u4e00-\u9fff]{{0,8}}(?:\d{{1,2}}月)?\d{{1,2}}日电|[{_MARKS}]|[（(]\s*(上接|下转|接上|紧接|转第)|图[①-⑳\d一二三四五六七八九十]*[：:]|图为|本版图文|"
     rf"[（(]\s*(?:{ROLE})[^）)]{{0,40}}[）)]\s*$)"
 )
 # Lines that stand alone as a byline: a marked name line (□ 记者 汤红红, ► 李媛 刘文研), a role and names
 # (本报记者 覃岚), or a role in brackets ((记者 张艳艳), （作者系…副教授 方卫东）).
 BYLINE_LINE_RE = re.compile(
-    rf"^([{_MARKS}]\s*[^，。；！？,;!?：:]{{1,30}}|(?:{ROLE})\s*[\u4e00-\u9fff]{{2,4}}(?:\s+(?:{ROLE})?\s*[\u4e00-\u9fff]{{2,4}}){{0,4}}"
+    rf"^([{_MARKS}]\s*[^，。；！？,;!?：:]{{1,30}}|(?:[文图][/／]|文图[/／])?\s*(?:{ROLE})\s*[\u4e00-\u9fff]{{2,4}}"
+    rf"(?:\s*(?:{ROLE})?\s*[\u4e00-\u9fff]{{2,4}}){{0,4}}(?:\s*(?:文[/／]图|报道|摄影?))?"
     rf"|[（(]\s*(?:{ROLE})[^）)]{{0,40}}(?<!摄)[）)])$"
 )
 _NAME_RE = re.compile(r"^[\u4e00-\u9fff]{2,4}$")

@@ -23,10 +23,22 @@ __all__ = ["segment_page", "read_layout", "PageLayout", "render_report", "headli
 _CAPTION_RE = re.compile(r"^(图[①-⑳\d一二三四五六七八九十]*[：:]|图为|本版图文|（?摄影?[：:])|"
                          r"(供图|摄影?|[／/]\s*摄)\s*[）)]?$")
 _NUMBERED_CAPTION_RE = re.compile(r"^图[①-⑳\d一二三四五六七八九十]+[：:]")
-_LEAD_RE = re.compile(r"^本\s?报\s?讯\s*[（(]([^）)]{0,40})[）)]\s*")
-_LEAD_BARE_RE = re.compile(r"^本\s?报\s?讯\s*")
+# who is where in a photo: 张建国（右）, （前排左二）
+_POSITION_RE = re.compile(r"[（(](?:前排|后排|中间)?[左右中][一二三四五六\d]?[）)]")
+# a news lead: 本报讯, or a dateline (本报杭州3月12日电, 新华社北京3月12日电), with the byline in brackets
+_LEAD = r"(?:本\s?报\s?讯|(?:本报|[\u4e00-\u9fff]{1,4}社)[\u4e00-\u9fff]{0,8}(?:\d{1,2}月)?\d{1,2}日电)"
+_LEAD_RE = re.compile(rf"^{_LEAD}\s*[（(]([^）)]{{0,40}})[）)]\s*")
+_LEAD_BARE_RE = re.compile(rf"^{_LEAD}\s*")
 _CONT_RE = re.compile(r"^[（(]\s*(上接|接上|紧接)[^）)]{0,12}[）)]\s*")
 _NAME_RE = re.compile(r"^[\u4e00-\u9fff]{2,4}(\s+[\u4e00-\u9fff]{2,4}){0,3}$")
+# common surnames: a bare line of two to four characters is an author's name only if it opens with one
+_SURNAMES = set("王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾肖田董袁潘于蒋蔡余杜叶程苏魏吕丁任"
+                "沈姚卢姜崔钟谭陆汪范金石廖贾夏韦付方白邹孟熊秦邱江尹薛闫段雷侯龙史陶黎贺顾毛郝龚邵万钱严覃武戴莫孔"
+                "向汤常温康施文牛樊葛邢安齐易乔伍庞颜倪庄聂章鲁岳翟殷詹申欧耿关兰焦俞左柳甘祝包宁尚符舒阮柯纪梅童凌"
+                "毕单季裴霍涂成苗谷盛曲翁冉骆蓝路游辛靳管柴蒙鲍华喻祁蒲房滕屈饶解牟艾尤阳时穆农司卓古吉缪简车项连芦"
+                "麦褚娄窦戚岑景党宫费卜冷晏席卫米柏宗瞿桂全佟应臧闵苟邬边卞姬师和仇栾隋商刁沙荣巫寇桑郎甄丛仲虞敖巩"
+                "明佘池查麻苑迟邝")
+_COMPOUND_SURNAMES = ("欧阳", "司马", "上官", "诸葛", "东方", "皇甫", "尉迟", "令狐", "慕容", "公孙", "长孙", "宇文")
 # a list item led by a bullet: "● 柳州市第二批城市…完工，…。"
 _ITEM_RE = re.compile(r"^[●■▲◆★☆·•]\s*")
 # a column label printed above headlines or items: 民生简讯, 新闻速递, 今日导读, 短评
@@ -74,6 +86,8 @@ def _classify(p: Paragraph) -> str:
     t = p.text
     if _CAPTION_RE.search(t) and len(_CAPTION_RE.split(t)[0]) <= 80 or _CAPTION_RE.match(t):
         return "caption"
+    if _POSITION_RE.search(t) and len(t) <= 80 and ends_sentence(t) and not _LEAD_BARE_RE.match(t):
+        return "caption"
     if BYLINE_LINE_RE.match(t):
         return "byline"
     if _JUMP_RE.fullmatch(t):
@@ -87,8 +101,14 @@ def _classify(p: Paragraph) -> str:
     if t[-1] in "：:，,、；;":  # a lead into a list or table, or a paragraph cut by the layout
         return "body"
     if not ends_sentence(t) and len(t) <= _MAX_HEADLINE:
-        return "name" if _NAME_RE.match(t) else "heading"
+        return "name" if _NAME_RE.match(t) and all(_looks_like_name(w) for w in t.split()) else "heading"
     return "body"
+
+
+def _looks_like_name(word: str) -> bool:
+    if word.startswith(_COMPOUND_SURNAMES):
+        return 3 <= len(word) <= 4
+    return 2 <= len(word) <= 3 and word[0] in _SURNAMES
 
 
 def clean_byline(text: str) -> str:
@@ -99,6 +119,7 @@ def clean_byline(text: str) -> str:
     """
     text = re.sub(r"^[□■►▶●◆]\s*", "", text.strip())
     text = re.sub(r"^[（(]\s*|\s*[）)]$", "", text).strip()
+    text = re.sub(r"^(?:文|图|文图)\s*[/／]\s*|\s*(?:文\s*[/／]\s*图|报道)$", "", text).strip()
     # characters written apart are one word: "记 者 王 静" -> "记者王静" (roles are parted below)
     merged: list[str] = []
     spaced = False  # the last token was built from single characters
@@ -238,7 +259,7 @@ def _items(paras: list[Paragraph], flags: list[str]) -> list[tuple[str, object]]
     """("H", [paragraphs]) headline groups, ("N", name) bare names, ("R", run) bodies with bylines folded in."""
     items: list[tuple[str, object]] = []
     pending_byline: str | None = None
-    for p, kind in zip(paras, flags):
+    for idx, (p, kind) in enumerate(zip(paras, flags)):
         if kind in ("caption", "jump"):
             if kind == "jump" and items and items[-1][0] == "R":
                 items[-1][1].jumped = True
@@ -246,9 +267,13 @@ def _items(paras: list[Paragraph], flags: list[str]) -> list[tuple[str, object]]
         last = items[-1] if items else None
         if kind == "heading":
             # a headline's printed lines stay apart: a kicker, the headline, a subtitle
-            for line in _printed_lines(p):
+            lines = _printed_lines(p)
+            for k, line in enumerate(lines):
                 last = items[-1] if items else None
-                if _LABEL_RE.match(line.text):  # a column label (民生简讯, 短评) heads what follows, it titles nothing
+                # a column label (民生简讯, 短评, or any line of four characters over a headline) heads
+                # what follows and titles nothing
+                over_headline = k + 1 < len(lines) or idx + 1 < len(flags) and flags[idx + 1] == "heading"
+                if _LABEL_RE.match(line.text) or len(line.text) <= 4 and over_headline and last and last[0] == "H":
                     items.append(("L", line.text))
                 elif last and last[0] == "H" and (not line.gap_before or line is not p):
                     last[1].append(line)

@@ -224,3 +224,20 @@ def test_every_seed_headline_finds_a_body(seeds_dir):
     for path in sorted(seeds_dir.glob("*.txt")):
         page = read_page(path)
         assert read_layout(page.text, page.name).unplaced == [], page.name
+
+
+@pytest.mark.parametrize("lead, byline", [
+    ("本报讯（记者 张三）", "记者 张三"),
+    ("本报 讯（通讯 员 刘慧敏）", "通讯员 刘慧敏"),
+    ("新华社北京3月12日电（记者 于文静）", "记者 于文静"),
+    ("本报杭州3月12日电（记者 沈 洁）", "记者 沈洁"),
+])
+def test_news_leads_and_datelines_give_the_byline(lead, byline):
+    (art,) = segment_page(f"某地开展春耕生产\n\n{lead}近日，某地开展春耕生产。\n", "p.txt")
+    assert (art.title, art.byline, art.text) == ("某地开展春耕生产", byline, "近日，某地开展春耕生产。")
+
+
+def test_a_short_line_is_a_name_only_with_a_surname():
+    page = "本报讯 某县近日完成古桥修缮，恢复通行。\n\n古桥始建于清代。\n\n某县修缮古桥\n\n{}\n"
+    assert segment_page(page.format("周学武"), "p.txt")[0].byline == "周学武"
+    assert segment_page(page.format("一线见闻"), "p.txt")[0].byline is None
