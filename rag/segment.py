@@ -217,19 +217,24 @@ def segment_page(raw: str, source: str) -> list[Article]:
     >>> [(a.title, a.byline) for a in segment_page(page, "p.txt")]
     [('某市召开会议', '记者 王五')]
     """
-    return read_layout(raw, source).articles
+    return _segment(raw, source)[0]
 
 
 def read_layout(raw: str, source: str) -> PageLayout:
-    """Rebuild the articles and captions of one raw page, and list the blocks that found no place."""
+    """Rebuild the articles and captions of one raw page, list the blocks that found no place and
+    what repair did to its spaces and punctuation."""
+    articles, unplaced = _segment(raw, source)
+    return PageLayout(source, articles, unplaced, report_spaces(raw))
+
+
+def _segment(raw: str, source: str) -> tuple[list[Article], list[str]]:
     paras = repair_page(raw)
     flags = [_classify(p) for p in paras]
     _captions(paras, flags)
     items = _items(paras, flags)
     runs = [obj for kind, obj in items if kind == "R"]
     unplaced = _place_headlines(items, runs)
-    articles = _articles(items, paras, flags, source)
-    return PageLayout(source, articles, unplaced, report_spaces(raw))
+    return _articles(items, paras, flags, source), unplaced
 
 
 def render_report(layout: PageLayout) -> str:
