@@ -1,4 +1,5 @@
-"""Thin command line over the pipeline: argparse subcommands, JSON out, errors -> one line + exit 1."""
+"""Thin command line over the pipeline: argparse subcommands, JSON out, errors -> one line + exit 1
+(usage errors, argparse's own, exit 2)."""
 from __future__ import annotations
 
 import argparse
@@ -63,34 +64,57 @@ def _cmd_index(args: argparse.Namespace) -> int:
     from . import pipeline
 
     settings = _settings(args)
+    if args.verify:
+        summary = pipeline.verify_index(args.index)
+        print(f"index at {args.index} is whole: {summary['files']} files match their sha256; "
+              f"{summary['articles']} articles, {summary['chunks']} chunks", file=sys.stderr)
+        return 0
     if args.add:
-        summary = pipeline.add_pages(args.add, args.index, seeds=args.seeds, settings=settings)
+        summary = pipeline.add_pages(args.add, args.index, seeds=args.seeds, settings=settings, wait=not args.no_wait)
         print(f"added {', '.join(summary['added_pages'])}: {summary['new_chunks']} new chunks embedded, "
               f"{summary['reused_chunks']} kept; index now holds {summary['articles']} articles, "
               f"{summary['chunks']} chunks", file=sys.stderr)
         return 0
-    if args.if_stale:
-        status = pipeline.index_status(args.seeds, args.index, settings)
-        if status == "fresh":
-            print(f"index at {args.index} is up to date", file=sys.stderr)
-            return 0
-        print(f"index at {args.index} is {status}; building it", file=sys.stderr)
-    summary = pipeline.build_index(args.seeds, args.index, settings=settings)
+    summary = pipeline.build_index(args.seeds, args.index, settings=settings, if_stale=args.if_stale,
+                                   wait=not args.no_wait)
+    if summary["status"] == "fresh":
+        print(f"index at {args.index} is up to date", file=sys.stderr)
+        return 0
     print(f"indexed {summary['pages']} pages: {summary['articles']} articles, {summary['chunks']} chunks "
           f"in {summary['seconds']} s -> {summary['index']}", file=sys.stderr)
     return 0
 
 
 def _queries(arg: str | None):
-    """The one query given, or one per line from stdin (blank lines skipped)."""
+    """(line number, text, normalised, error) of the one query given, or of each line of stdin.
+
+    Standard input is read as bytes and each line decoded on its own, so an undecodable line
+    becomes an error for that line only; blank lines are skipped. Control and zero-width
+    characters are removed (``normalised`` says so).
+    """
+    from .ingest import argument_text, clean_question
+
     if arg is not None:
-        yield arg, False
+        text, changed = clean_question(argument_text(arg))
+        yield 0, text, changed, None
         return
     if sys.stdin is None or sys.stdin.isatty():
         raise BadInput("give a query, or pipe one query per line on standard input")
-    for line in sys.stdin:
-        if line.strip():
-            yield line.rstrip("\n"), True
+    from .ingest import decode_line
+
+    stream = getattr(sys.stdin, "buffer", None)
+    lines = stream if stream is not None else (line.encode("utf-8", "surrogateescape") for line in sys.stdin)
+    for n, raw in enumerate(lines, start=1):
+        raw = raw.rstrip(b"\r\n")
+        if not raw.strip():
+            continue
+        try:
+            text, changed = clean_question(decode_line(raw, f"line {n}"))
+        except BadInput as exc:
+            yield n, raw.decode("utf-8", "replace"), False, str(exc)
+            continue
+        if text.strip():
+            yield n, text, changed, None
 
 
 def _hit_json(h) -> dict:
@@ -109,26 +133,29 @@ def _check_first(text: str | None) -> None:
     """A single bad query is reported before the index and model are loaded."""
     if text is not None:
         from .config import Settings
+        from .ingest import argument_text, clean_question
         from .retrieve import check_query
 
-        check_query(text, Settings())
+        check_query(clean_question(argument_text(text))[0], Settings())
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
     _check_first(args.query)
     engine = _engine(args)
-    failed = 0
-    for query, batch in _queries(args.query):
+    for line, query, normalised, error in _queries(args.query):
+        batch = line > 0
         try:
+            if error:
+                raise BadInput(error)
             hits = engine.search(query, k=args.k, retriever=args.retriever)
         except BadInput as exc:
             if not batch:
                 raise
-            failed += 1
-            _print_json({"query": query, "error": str(exc), "hits": []})
+            _print_json({"query": query, "error": str(exc), "hits": [], "line": line})
             continue
         if args.json or batch:
-            _print_json({"query": query, "hits": [_hit_json(h) for h in hits]})
+            _print_json({"query": query, "hits": [_hit_json(h) for h in hits],
+                         **({"normalised": True} if normalised else {})})
         else:
             for h in hits:
                 print(f"[{h.rank}] {h.score:.4f}  {h.title}  ({h.source})")
@@ -144,8 +171,11 @@ def _cmd_ask(args: argparse.Namespace) -> int:
     _check_first(args.question)
     engine = _engine(args)
     history: list[str] = []
-    for question, batch in _queries(args.question):
+    for line, question, normalised, error in _queries(args.question):
+        batch = line > 0
         try:
+            if error:
+                raise BadInput(error)
             stream = None
             if args.mode == "llm" and not (args.json or batch) and sys.stderr.isatty():
                 # the model's words as they come, on the terminal only and marked as an unchecked draft
@@ -163,11 +193,12 @@ def _cmd_ask(args: argparse.Namespace) -> int:
         except BadInput as exc:
             if not batch:
                 raise
-            _print_json({"question": question, "error": str(exc), "answer": "", "refused": True, "citations": []})
+            _print_json({"question": question, "error": str(exc), "answer": "", "refused": True, "citations": [],
+                         "line": line})
             continue
         history.append(question)
         if args.json or batch:
-            _print_json(_answer_json(ans))
+            _print_json({**_answer_json(ans), **({"normalised": True} if normalised else {})})
         else:
             if ans.fallback_reason and args.mode == "llm" and not ans.refused:
                 from .pipeline import explain_fallback
@@ -265,6 +296,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _k_value(text: str) -> int:
+    """--k: an integer in 1..100 (argparse reports anything else as a usage error, exit 2)."""
+    try:
+        k = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer between 1 and 100, got {text!r}") from None
+    if not 1 <= k <= 100:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 100, got {k}")
+    return k
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="rag", description="本地政策新闻问答：从报纸版面重建文章，检索并带引用地回答问题。")
@@ -295,14 +337,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("index", help="build the index from the seed pages (or add pages to it)")
     common(p, seeds=True)
-    p.add_argument("--add", nargs="+", metavar="FILE", help="add or replace these pages without re-embedding the rest")
-    p.add_argument("--if-stale", action="store_true", help="build only if the index is missing or stale")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--add", nargs="+", metavar="FILE",
+                      help="add or replace these pages (*.txt, not hidden) without re-embedding the rest")
+    what.add_argument("--if-stale", action="store_true", help="build only if the index is missing, stale or damaged")
+    what.add_argument("--verify", action="store_true", help="check every index file against its sha256; build nothing")
+    p.add_argument("--no-wait", action="store_true",
+                   help="fail at once if another process is writing the index (default: wait for it)")
     p.set_defaults(func=_cmd_index)
 
     retr = dict(choices=["hybrid", "bm25", "dense"], default=None, help="retriever (default: hybrid)")
     p = sub.add_parser("search", help="find passages; without QUERY, one query per line from stdin")
     p.add_argument("query", nargs="?")
-    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--k", type=_k_value, default=5, help="hits to show, 1-100 (default 5)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--retriever", **retr)
     p.add_argument("--no-rerank", action="store_true", help="plain fused ranking, no sentence-level rerank")
@@ -311,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ask", help="answer a question with citations; without QUESTION, one per line from stdin")
     p.add_argument("question", nargs="?")
-    p.add_argument("--k", type=int, default=None, help="passages to answer from (default 5)")
+    p.add_argument("--k", type=_k_value, default=None, help="passages to answer from, 1-100 (default 5)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--retriever", **retr)
     p.add_argument("--follow", action="store_true", help="in batch mode, treat the lines as one conversation")
@@ -359,9 +406,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("rag").setLevel(logging.WARNING if args.quiet else logging.INFO)
     for noisy in ("bm25s", "faiss", "faiss.loader", "sentence_transformers", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    if hasattr(args, "k") and args.k is not None and not 1 <= args.k <= 100:
-        print(f"rag: error: --k must be between 1 and 100, got {args.k}", file=sys.stderr)
-        return 2
     try:
         return args.func(args)
     except RagError as exc:

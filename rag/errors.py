@@ -1,7 +1,7 @@
 """Exceptions raised by rag. Every message says what was received and what to do."""
 from __future__ import annotations
 
-__all__ = ["RagError", "BadInput", "IndexNotFound", "IndexFormat", "IndexStale", "ModelError"]
+__all__ = ["RagError", "BadInput", "IndexNotFound", "IndexFormat", "IndexStale", "IndexBusy", "ModelError"]
 
 
 class RagError(Exception):
@@ -22,6 +22,10 @@ class IndexFormat(RagError):
 
 class IndexStale(RagError):
     """An index built from seed pages that have changed since."""
+
+
+class IndexBusy(RagError):
+    """Another process is writing the index folder (and we were asked not to wait for it)."""
 
 
 class ModelError(RagError):

@@ -1,16 +1,15 @@
 """Build, save and load the index folder: manifest, articles, chunks, FAISS vectors, BM25, terms.
 
 Everything is plain files (JSON, JSON lines, FAISS's own format, bm25s's numpy arrays); a build is
-written into a temporary sibling folder and renamed into place, so a crash or Ctrl-C never leaves
-a broken index where a good one was.
+written into a temporary sibling folder and swapped into place (``storage``), so a crash, Ctrl-C or
+kill never leaves a broken index where a good one was. The manifest records the size and sha256 of
+every other file, checked on load.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,13 +18,15 @@ import numpy as np
 
 from .config import Settings
 from .errors import BadInput, IndexFormat, IndexNotFound, IndexStale
+from .storage import file_checksums, make_temp_dir, read_lock, swap_into_place, verify_files
 from .types import Article, Chunk, article_from_dict, chunk_from_dict, to_dict
 from .zh import add_place_names, add_user_words, tokenize
 
 __all__ = ["FORMAT_VERSION", "Index", "write_index", "load_index", "seed_hashes", "stale_pages", "library_versions"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the manifest lists every file with its size and sha256
 MANIFEST = "manifest.json"
+_UNCHECKED = (MANIFEST, "README.md")
 _SHAPING = ("chunk_sentences", "chunk_overlap", "chunk_max_chars")
 
 
@@ -120,8 +121,7 @@ def write_index(out_dir: str | Path, *, articles: list[Article], chunks: list[Ch
     if len(chunks) != len(vectors):
         raise ValueError(f"{len(chunks)} chunks but {len(vectors)} vectors")
     add_user_words(terms)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    tmp = make_temp_dir(out_dir)
     try:
         _write_jsonl(tmp / "articles.jsonl", articles)
         _write_jsonl(tmp / "chunks.jsonl", chunks)
@@ -149,30 +149,17 @@ def write_index(out_dir: str | Path, *, articles: list[Article], chunks: list[Ch
             "seeds": seeds,
             "sentences": {"count": len(sentences), "files": ["sentences.jsonl", "sentences.npy"]},
         }
+        # last: every file written above, whatever it is, is listed and checked on load
+        manifest["files"] = file_checksums(tmp, skip=_UNCHECKED)
         (tmp / MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, indent=2), encoding="utf-8")
         for extra in ("README.md",):  # keep the folder's own note (it is tracked in git)
             if (out_dir / extra).is_file():
                 shutil.copy2(out_dir / extra, tmp / extra)
-        _swap_into_place(tmp, out_dir)
+        swap_into_place(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
-
-
-def _swap_into_place(tmp: Path, out_dir: Path) -> None:
-    os.chmod(tmp, 0o755)
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        out_dir.rename(old)
-        try:
-            tmp.rename(out_dir)
-        except BaseException:
-            old.rename(out_dir)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out_dir)
 
 
 def _read_jsonl(path: Path, make) -> list:
@@ -187,17 +174,25 @@ def _read_jsonl(path: Path, make) -> list:
     return out
 
 
-def load_index(path: str | Path, *, model: str | None = None) -> Index:
+def load_index(path: str | Path, *, model: str | None = None, verify: bool = False) -> Index:
     """Load an index folder and check it is whole and of this format (and, if given, this model).
+
+    Every file the manifest lists is checked against its recorded size and sha256 (files above
+    ``storage.FULL_CHECK_BYTES`` by a head/tail sample, unless ``verify``: then in full).
 
     Raises:
         IndexNotFound: no folder or no manifest.
-        IndexFormat: another format version or model, or corrupt or inconsistent files.
+        IndexFormat: another format version or model, or missing, changed, corrupt or inconsistent files.
     """
+    path = Path(path)
+    with read_lock(path):
+        return _load_index(path, model=model, verify=verify)
+
+
+def _load_index(path: Path, *, model: str | None, verify: bool) -> Index:
     import bm25s
     import faiss
 
-    path = Path(path)
     manifest_path = path / MANIFEST
     if not path.is_dir() or not manifest_path.is_file():
         raise IndexNotFound(f"no index at {path} (missing {MANIFEST}); build it with `rag index --index {path}`")
@@ -207,6 +202,7 @@ def load_index(path: str | Path, *, model: str | None = None) -> Index:
         settings = Settings.from_dict(manifest["settings"])
         built_model = manifest["model"]["name"]
         dim = int(manifest["model"]["dimension"])
+        files = dict(manifest["files"]) if version == FORMAT_VERSION else {}
     except (ValueError, KeyError, TypeError, BadInput) as exc:
         raise IndexFormat(f"{manifest_path} is corrupt ({type(exc).__name__}: {exc}); rebuild with `rag index`") from None
     if version != FORMAT_VERSION:
@@ -215,6 +211,7 @@ def load_index(path: str | Path, *, model: str | None = None) -> Index:
     if model is not None and model != built_model:
         raise IndexFormat(f"index at {path} was built with model {built_model!r}, but {model!r} is configured; "
                           f"rebuild it with `rag index --model {model}` or use the model it was built with")
+    verify_files(path, files, full=verify)
     try:
         articles = _read_jsonl(path / "articles.jsonl", article_from_dict)
         chunks = _read_jsonl(path / "chunks.jsonl", chunk_from_dict)

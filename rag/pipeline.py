@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import threading
 import time
@@ -17,16 +18,17 @@ from .generate import explain_fallback
 from .config import INDEX_SETTINGS, Settings
 from .errors import BadInput, IndexFormat, IndexNotFound
 from .index import Index, check_fresh, load_index, seed_hashes, stale_pages, write_index
-from .ingest import list_pages, read_page
+from .ingest import MAX_PAGE_CHUNKS, list_pages, page_name_problem, read_page
 from .query import resolve_followup
 from .retrieve import check_query
 from .score import ScoringParams
 from .retrieve import search as _search
 from .segment import segment_page
+from .storage import writer_lock
 from .types import Answer, Article, Hit, to_dict
 from .zh import extract_terms
 
-__all__ = ["load_articles", "build_index", "add_pages", "index_status", "Engine", "get_engine", "explain_fallback"]
+__all__ = ["load_articles", "build_index", "add_pages", "index_status", "verify_index", "Engine", "get_engine", "explain_fallback"]
 
 log = logging.getLogger("rag")
 
@@ -83,13 +85,39 @@ def _sentences(articles: list[Article], encoder, old=None) -> tuple[list[dict], 
 
 
 
+def _check_page_limits(articles: list[Article], chunks) -> None:
+    """Refuse a page that would make more than MAX_PAGE_CHUNKS chunks (before embedding them)."""
+    source = {a.article_id: a.source for a in articles}
+    per_page: dict[str, int] = {}
+    for c in chunks:
+        per_page[source[c.article_id]] = per_page.get(source[c.article_id], 0) + 1
+    for name, n in per_page.items():
+        if n > MAX_PAGE_CHUNKS:
+            raise BadInput(f"{name}: makes {n:,} chunks; a page may make at most {MAX_PAGE_CHUNKS:,} "
+                           f"(split it into several pages)")
+
+
 def build_index(seeds: str | Path = "seeds", index_dir: str | Path = "index", *,
-                settings: Settings | None = None) -> dict:
+                settings: Settings | None = None, if_stale: bool = False, wait: bool = True) -> dict:
     """Build the index of every page in ``seeds`` into ``index_dir`` (atomically); return a summary.
 
+    Holds the index's writer lock throughout: another writer is waited for (``wait``) or refused.
+    With ``if_stale``, an index that is already fresh is left alone (summary ``status`` "fresh").
+
     >>> build_index("seeds", "index")  # doctest: +SKIP
-    {'pages': 5, 'articles': 29, 'chunks': 168, ...}
+    {'status': 'built', 'pages': 5, 'articles': 29, 'chunks': 168, ...}
     """
+    settings = settings or Settings()
+    with writer_lock(index_dir, wait=wait):
+        if if_stale:
+            status = index_status(seeds, index_dir, settings)
+            if status == "fresh":
+                return {"status": "fresh", "index": str(index_dir)}
+            log.info("index at %s is %s; building it", index_dir, status)
+        return {"status": "built", **_build_index(seeds, index_dir, settings=settings)}
+
+
+def _build_index(seeds: str | Path, index_dir: str | Path, *, settings: Settings | None = None) -> dict:
     from .embed import get_encoder
 
     settings = settings or Settings()
@@ -97,6 +125,7 @@ def build_index(seeds: str | Path = "seeds", index_dir: str | Path = "index", *,
     pages = list_pages(seeds)
     articles = load_articles(seeds, pages=pages)
     chunks = chunk_articles(articles, settings)
+    _check_page_limits(articles, chunks)
     encoder = get_encoder(settings)
     log.info("embedding %d chunks of %d articles with %s", len(chunks), len(articles), settings.model)
     vectors = encoder.encode_passages([c.embed_text for c in chunks])
@@ -110,12 +139,29 @@ def build_index(seeds: str | Path = "seeds", index_dir: str | Path = "index", *,
 
 
 def add_pages(files: list[str | Path], index_dir: str | Path = "index", *, seeds: str | Path = "seeds",
-              settings: Settings | None = None) -> dict:
+              settings: Settings | None = None, wait: bool = True) -> dict:
     """Add (or replace) pages in an existing index, embedding only their chunks.
 
     Each file is also copied into ``seeds`` (if it is not there already) so that the seeds folder
-    and the index keep describing the same pages.
+    and the index keep describing the same pages; so a file must be one the seeds scan reads
+    (``*.txt``, not hidden). The index's writer lock is held from reading the old index to writing
+    the new one, so concurrent adds all land: another writer is waited for (``wait``) or refused.
     """
+    for f in files:
+        why = page_name_problem(Path(f).name)
+        if why:
+            raise BadInput(f"{Path(f).name}: is {why}; pages are *.txt files whose name does not start with "
+                           f"'.' (the seeds scan reads only those), so rename it")
+    names = [Path(f).name for f in files]
+    if len(set(names)) != len(names):
+        raise BadInput(f"two of the files have the same name ({', '.join(sorted({n for n in names if names.count(n) > 1}))}); "
+                       f"a page is known by its file name")
+    with writer_lock(index_dir, wait=wait):
+        return _add_pages(files, index_dir, seeds=seeds, settings=settings)
+
+
+def _add_pages(files: list[str | Path], index_dir: str | Path, *, seeds: str | Path,
+               settings: Settings | None) -> dict:
     from .embed import get_encoder
 
     index = load_index(index_dir)
@@ -132,6 +178,7 @@ def add_pages(files: list[str | Path], index_dir: str | Path = "index", *, seeds
     rows = [i for i, c in enumerate(index.chunks) if c.article_id in kept_ids]
     old_vectors = index.vectors()[rows] if rows else index.vectors()[:0]
     new_chunks = chunk_articles(new_articles, settings)
+    _check_page_limits(new_articles, new_chunks)
     encoder = get_encoder(settings)
     new_vectors = encoder.encode_passages([c.embed_text for c in new_chunks])
     import numpy as np
@@ -141,7 +188,9 @@ def add_pages(files: list[str | Path], index_dir: str | Path = "index", *, seeds
     for p in paths:
         target = seeds_dir / p.name
         if not target.exists() or target.resolve() != p.resolve():
-            shutil.copyfile(p, target)
+            part = seeds_dir / f".{p.name}.part-{os.getpid()}"  # hidden: the scan never reads half a copy
+            shutil.copyfile(p, part)
+            os.replace(part, target)
     hashes = dict(index.manifest.get("seeds", {}))
     hashes.update(seed_hashes([seeds_dir / p.name for p in paths]))
     articles = kept_articles + new_articles
@@ -157,14 +206,26 @@ def add_pages(files: list[str | Path], index_dir: str | Path = "index", *, seeds
 
 def index_status(seeds: str | Path = "seeds", index_dir: str | Path = "index",
                  settings: Settings | None = None) -> str:
-    """'missing', 'stale' (pages, model or format changed) or 'fresh'."""
+    """'missing', 'stale' (pages, model or format changed, or files damaged) or 'fresh'."""
     try:
         index = load_index(index_dir, model=(settings or Settings()).model)
     except IndexNotFound:
         return "missing"
-    except IndexFormat:
+    except IndexFormat as exc:
+        log.info("%s", exc)
         return "stale"
     return "stale" if stale_pages(index.manifest, list_pages(seeds)) else "fresh"
+
+
+def verify_index(index_dir: str | Path = "index") -> dict:
+    """Check every file of an index in full against the sha256 its manifest records (and load it).
+
+    Raises:
+        IndexNotFound, IndexFormat: what is missing or damaged, with what to run.
+    """
+    index = load_index(index_dir, verify=True)
+    return {"index": str(index_dir), "files": len(index.manifest.get("files", {})),
+            "articles": len(index.articles), "chunks": len(index.chunks)}
 
 
 @dataclass

@@ -85,7 +85,7 @@ def test_missing_and_corrupt_indexes_get_specific_errors(index_dir, tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(index_dir, bad)
     (bad / "chunks.jsonl").write_text("{not json\n", encoding="utf-8")
-    with pytest.raises(IndexFormat, match="corrupt"):
+    with pytest.raises(IndexFormat, match="damaged"):
         load_index(bad)
     shutil.rmtree(bad)
     shutil.copytree(index_dir, bad)
