@@ -201,8 +201,8 @@ def should_join(prev: str, nxt: str, width: float, blanks: int = 0) -> bool:
     """
     if blanks >= 2 or not prev or not nxt:
         return False
-    if BLOCK_START_RE.match(nxt) or BYLINE_LINE_RE.match(prev) or _CREDIT_LINE_RE.match(nxt) or \
-            _CREDIT_LINE_RE.match(prev):
+    if BLOCK_START_RE.match(nxt) or BYLINE_LINE_RE.match(prev) or BYLINE_LINE_RE.match(nxt) or \
+            _CREDIT_LINE_RE.match(nxt) or _CREDIT_LINE_RE.match(prev):
         return False
     if ends_sentence(prev) or JUMP_RE.search(prev) or is_table_row(prev) or is_table_row(nxt):
         return False

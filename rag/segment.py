@@ -88,7 +88,7 @@ def _classify(p: Paragraph) -> str:
         return "caption"
     if _POSITION_RE.search(t) and len(t) <= 80 and ends_sentence(t) and not _LEAD_BARE_RE.match(t):
         return "caption"
-    if BYLINE_LINE_RE.match(t):
+    if BYLINE_LINE_RE.match(t) and _names_a_person(t):
         return "byline"
     if _JUMP_RE.fullmatch(t):
         return "jump"
@@ -103,6 +103,14 @@ def _classify(p: Paragraph) -> str:
     if not ends_sentence(t) and len(t) <= _MAX_HEADLINE:
         return "name" if _NAME_RE.match(t) and all(_looks_like_name(w) for w in t.split()) else "heading"
     return "body"
+
+
+def _names_a_person(line: str) -> bool:
+    """A byline line without a marker or brackets (本报记者 王芳) must name someone: "记者手记" is a label."""
+    if line[0] in "□■►▶●◆▲★☆（(":
+        return True
+    rest = _ROLE_RE.sub(" ", re.sub(r"^(?:文|图|文图)\s*[/／]|(?:文\s*[/／]\s*图|报道|摄影?)$", "", line))
+    return all(_looks_like_name(w) for w in clean_byline(rest).split())
 
 
 def _looks_like_name(word: str) -> bool:
