@@ -29,6 +29,8 @@ _POSITION_RE = re.compile(r"[（(](?:前排|后排|中间)?[左右中][一二三
 _LEAD = r"(?:本\s?报\s?讯|(?:本报|[\u4e00-\u9fff]{1,4}社)[\u4e00-\u9fff]{0,8}(?:\d{1,2}月)?\d{1,2}日电)"
 _LEAD_RE = re.compile(rf"^{_LEAD}\s*[（(]([^）)]{{0,40}})[）)]\s*")
 _LEAD_BARE_RE = re.compile(rf"^{_LEAD}\s*")
+# or with the byline unbracketed, closed by 报道: "本报讯 记者 刘伟 报道：…"
+_LEAD_SAYS_RE = re.compile(rf"^{_LEAD}\s*((?:{ROLE})\s*[\u4e00-\u9fff\s]{{2,24}}?)\s*报道\s*[：:，,]?\s*")
 _CONT_RE = re.compile(r"^[（(]\s*(上接|接上|紧接)[^）)]{0,12}[）)]\s*")
 _NAME_RE = re.compile(r"^[\u4e00-\u9fff]{2,4}(\s+[\u4e00-\u9fff]{2,4}){0,3}$")
 # common surnames: a bare line of two to four characters is an author's name only if it opens with one
@@ -241,8 +243,16 @@ def _segment(raw: str, source: str) -> tuple[list[Article], list[str]]:
     _captions(paras, flags)
     items = _items(paras, flags)
     runs = [obj for kind, obj in items if kind == "R"]
-    unplaced = _place_headlines(items, runs)
-    return _articles(items, paras, flags, source), unplaced
+    lost = _place_headlines(items, runs)
+    # a headline over a photo and its caption (图片新闻) titles the caption
+    caption_titles: dict[int, str] = {}
+    for _, title, line in lost:
+        for j in range(1, len(paras)):
+            if title and flags[j] == "caption" and flags[j - 1] == "heading" and \
+                    any(seg.line == line for seg in paras[j - 1].segments):
+                caption_titles[j] = title
+    unplaced = [text for text, title, _ in lost if title not in caption_titles.values() or not title]
+    return _articles(items, paras, flags, source, caption_titles), unplaced
 
 
 def render_report(layout: PageLayout) -> str:
@@ -319,7 +329,8 @@ def _items(paras: list[Paragraph], flags: list[str]) -> list[tuple[str, object]]
         if jump and jump.start() > 0:
             text, segs = text[:jump.start()], tuple(slice_segments(segs, 0, jump.start()))
         run = last[1] if last and last[0] == "R" else None
-        m_lead, m_cont = _LEAD_RE.match(text) or _LEAD_BARE_RE.match(text), _CONT_RE.match(text)
+        m_lead = _LEAD_RE.match(text) or _LEAD_SAYS_RE.match(text) or _LEAD_BARE_RE.match(text)
+        m_cont = _CONT_RE.match(text)
         m_item = _ITEM_RE.match(text) if kind == "item" else None
         if m_lead or m_cont or m_item or run is None or run.closed_by_byline or run.jumped or p.gap_before \
                 or pending_byline:
@@ -364,8 +375,8 @@ _SECTION_HEAD_MAX = 10
 _NEWS_OPENING_RE = re.compile(r"^(近日|日前|近期|近年来|今年以来|连日来|记者[^，。]{0,20}获悉)")
 
 
-def _place_headlines(items: list, runs: list[_Run]) -> list[str]:
-    """Give each headline group a body; return the groups that found none."""
+def _place_headlines(items: list, runs: list[_Run]) -> list[tuple[str, str, int]]:
+    """Give each headline group a body; return the groups that found none (text, title, last line)."""
     lost: list[tuple[str, str | None, list]] = []
     for entry in list(items):  # a split run adds items: walk a copy, find each headline's place anew
         kind, obj = entry
@@ -374,12 +385,12 @@ def _place_headlines(items: list, runs: list[_Run]) -> list[str]:
         i = next(k for k, e in enumerate(items) if e is entry)
         texts = [p.text for p in obj]
         if sum(1 for t in texts if _PAGE_REF_RE.search(t)) >= max(1, len(texts) // 2):
-            lost.append(("", None, texts))  # a digest of headlines on other pages
+            lost.append(("", None, texts, obj))  # a digest of headlines on other pages
             continue
         mains = [t for t in texts if not t.startswith(("——", "—"))]
         if len(mains) > 3:  # a list of headlines (kicker, headline, subtitle make three): only the last
             cut = texts.index(mains[-1])  # line, next to the body, is its headline
-            lost.append(("", None, texts[:cut]))
+            lost.append(("", None, texts[:cut], obj[:cut]))
             texts = texts[cut:]
         title, subtitle = _headline_group(texts)
         prev_run = items[i - 1][1] if i > 0 and items[i - 1][0] == "R" else None
@@ -421,18 +432,18 @@ def _place_headlines(items: list, runs: list[_Run]) -> list[str]:
             # which the layout ran on into the same block. Split the block where it fits best.
             target = _split_run(prev_root, title, items, runs)
         if target is None:
-            lost.append((title, subtitle, texts))
+            lost.append((title, subtitle, texts, obj))
             continue
         _give_title(target, title, subtitle, trailing_name)
     # headlines printed apart from every body (at the top of the page, between columns): once the
     # others are placed, each goes to the untitled story it fits clearly
     unplaced = []
-    for title, subtitle, texts in lost:
+    for title, subtitle, texts, lines in lost:
         far, score = _best_untitled(title, runs, exclude=[]) if title else (None, 0.0)
         if far is not None and score >= 0.5:
             _give_title(far, title, subtitle, None)
         else:
-            unplaced.append(" / ".join(texts))
+            unplaced.append((" / ".join(texts), title, lines[-1].line))
     return unplaced
 
 
@@ -450,7 +461,8 @@ def _give_title(run: _Run, title: str, subtitle: str | None, name: str | None) -
         run.byline = name
 
 
-def _articles(items: list, paras: list[Paragraph], flags: list[str], source: str) -> list[Article]:
+def _articles(items: list, paras: list[Paragraph], flags: list[str], source: str,
+              caption_titles: dict[int, str]) -> list[Article]:
     """Article records in page order of their bodies, captions among them, with page-local ids."""
     stem = PurePath(source).stem
     articles: list[Article] = []
@@ -472,8 +484,9 @@ def _articles(items: list, paras: list[Paragraph], flags: list[str], source: str
         for p in group:
             segs.extend(slice_segments(p.segments, 0, len(p.text), shift=pos))
             pos += len(p.text) + 1
-        articles.append(Article(article_id="", title=provisional_title(text), text=text, source=source,
-                                kind="caption", provisional_title=True, segments=tuple(segs)))
+        printed = caption_titles.get(next(j for j, q in enumerate(paras) if q is group[0]))
+        articles.append(Article(article_id="", title=printed or provisional_title(text), text=text, source=source,
+                                kind="caption", provisional_title=printed is None, segments=tuple(segs)))
     articles.sort(key=lambda a: a.segments[0].raw_start if a.segments else 0)
     return [replace(a, article_id=f"{stem}-{k:02d}") for k, a in enumerate(articles, start=1)]
 

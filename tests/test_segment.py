@@ -241,3 +241,12 @@ def test_a_short_line_is_a_name_only_with_a_surname():
     page = "本报讯 某县近日完成古桥修缮，恢复通行。\n\n古桥始建于清代。\n\n某县修缮古桥\n\n{}\n"
     assert segment_page(page.format("周学武"), "p.txt")[0].byline == "周学武"
     assert segment_page(page.format("一线见闻"), "p.txt")[0].byline is None
+
+
+def test_photo_news_headline_titles_its_caption_and_an_unbracketed_byline_is_read():
+    page = ("图片新闻\n\n千年古镇迎来赏花季\n\n3月15日，游客在江岭景区赏油菜花。 本报记者 汪 洋 摄\n\n\n\n"
+            "新区汽车产业加速成长\n\n本报讯 记者 刘 伟 报道：一季度，新区汽车产业营业收入增长27%。\n")
+    layout = read_layout(page, "p.txt")
+    assert [(a.kind, a.title, a.provisional_title, a.byline) for a in layout.articles] == [
+        ("caption", "千年古镇迎来赏花季", False, None), ("article", "新区汽车产业加速成长", False, "记者 刘伟")]
+    assert layout.articles[1].text.startswith("一季度，") and layout.unplaced == []
