@@ -153,9 +153,9 @@ def add_pages(files: list[str | Path], index_dir: str | Path = "index", *, seeds
             raise BadInput(f"{Path(f).name}: is {why}; pages are *.txt files whose name does not start with "
                            f"'.' (the seeds scan reads only those), so rename it")
     names = [Path(f).name for f in files]
-    if len(set(names)) != len(names):
-        raise BadInput(f"two of the files have the same name ({', '.join(sorted({n for n in names if names.count(n) > 1}))}); "
-                       f"a page is known by its file name")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise BadInput(f"two of the files have the same name ({', '.join(twice)}); a page is known by its file name")
     with writer_lock(index_dir, wait=wait):
         return _add_pages(files, index_dir, seeds=seeds, settings=settings)
 

@@ -254,6 +254,36 @@ def test_a_writer_told_not_to_wait_fails_naming_the_pid(index_copy, tmp_path):
     assert manifest(index_copy) == before
 
 
+def test_a_reader_holds_off_swaps_while_it_reads(index_copy, monkeypatch):
+    import fcntl
+    import threading
+
+    import rag.index
+
+    reading, done = threading.Event(), threading.Event()
+    real = rag.index._load_index
+
+    def slow_load(*a, **k):
+        reading.set()
+        done.wait(60)
+        return real(*a, **k)
+
+    monkeypatch.setattr(rag.index, "_load_index", slow_load)
+    reader = threading.Thread(target=load_index, args=(index_copy,))
+    reader.start()
+    assert reading.wait(60)
+    fd = os.open(index_copy.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(BlockingIOError):  # the lock a swap takes is held by the reader
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        done.set()
+        reader.join(60)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free again once the reader is done
+    finally:
+        done.set()
+        os.close(fd)
+
+
 # -- a crash-proof swap ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("step, no_exchange", [
@@ -376,6 +406,12 @@ def test_a_damaged_index_is_rebuilt_by_if_stale(tmp_path):
     load_index(index, verify=True)
     proc = run_cli("index", "--if-stale", "--index", str(index), "--seeds", str(seeds))
     assert proc.returncode == 0 and "up to date" in proc.stderr
+
+
+def test_an_index_of_another_model_is_refused_before_loading_it(index_dir):
+    proc = run_cli("search", QUESTION, "--model", "BAAI/bge-small-zh-v1.5", "--index", str(index_dir))
+    assert proc.returncode == 1
+    one_line_error(proc.stderr, "was built with model", "rag index --model")
 
 
 def test_a_wrong_dimension_index_is_refused(index_copy):
