@@ -15,7 +15,7 @@ from .zh import CLOSERS, ends_sentence, is_cjk_punct, is_han, spans_word, to_ful
 
 __all__ = ["Paragraph", "SpaceReport", "remove_ocr_spaces", "decide_spaces", "should_join", "repair_page",
            "repair_text", "report_spaces", "slice_segments", "is_table_row", "BLOCK_START_RE", "BYLINE_LINE_RE",
-           "JUMP_RE", "ROLE"]
+           "JUMP_RE", "ROLE", "CREDIT_TAIL"]
 
 # The people a byline names: 记者, 本报记者, 特约记者, 通讯员, 评论员, 实习生, 作者 ...
 ROLE = r"(?:本报|特约|见习|首席|摄影)?(?:记者|通讯员|评论员|实习生)|作者"
@@ -39,7 +39,10 @@ JUMP_RE = re.compile(r"\s*(?:[（(]\s*(?:下转|转第?|转至)[^）)]{0,10}[）
 _EMBEDDED_START_RE = re.compile(r"\s+(?=本报讯[（(])")
 _PAIRS = {"“": "”", "‘": "’", "「": "」", "『": "』", "（": "）", "(": ")", "《": "》", "【": "】"}
 # a photo credit standing on its own line: 宜春丰城高新区供图, （本报记者 摄）
-_CREDIT_LINE_RE = re.compile(r"^[（(]?[^，。,]{0,30}(供图|摄影?)\s*[）)]?$")
+# the credit ends in 供图, or in 摄 after a space, a role or a name ("（本报记者 摄）", "李明 摄"), never a
+# word such as 拍摄 that a body line may end with
+CREDIT_TAIL = r"(?:供图|\s摄影?|(?:记者|通讯员|摄影师?)\s*[\u4e00-\u9fff]{0,4}\s*摄|[／/]\s*摄)\s*[）)]?$"
+_CREDIT_LINE_RE = re.compile(rf"^[（(]?[^，。,]{{0,30}}{CREDIT_TAIL}")
 # a table cell: a short run of Chinese characters and figures ("销售收入", "501.5亿元")
 _CELL_RE = re.compile(r"^[\u4e00-\u9fff\d.%％]{1,10}$")
 _FIGURE_CELL_RE = re.compile(r"^\d[\d.]*[%％\u4e00-\u9fff]+$")

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field, replace
 from pathlib import PurePath
 
-from .repair import (BYLINE_LINE_RE, JUMP_RE as _JUMP_RE, ROLE, Paragraph, SpaceReport, is_table_row, repair_page,
+from .repair import (BYLINE_LINE_RE, CREDIT_TAIL, JUMP_RE as _JUMP_RE, ROLE, Paragraph, SpaceReport, is_table_row, repair_page,
                      report_spaces, slice_segments)
 from .types import Article, Segment
 from .zh import bigram_share, char_bigrams, cut_words, ends_sentence, split_sentences
@@ -20,8 +20,7 @@ __all__ = ["segment_page", "read_layout", "PageLayout", "render_report", "headli
            "provisional_title"]
 
 # captions: numbered or "图为" lines, and lines that end in a credit (…供图, （本报记者 摄）, 摄影：…)
-_CAPTION_RE = re.compile(r"^(图[①-⑳\d一二三四五六七八九十]*[：:]|图为|本版图文|（?摄影?[：:])|"
-                         r"(供图|摄影?|[／/]\s*摄)\s*[）)]?$")
+_CAPTION_RE = re.compile(r"^(图[①-⑳\d一二三四五六七八九十]*[：:]|图为|本版图文|（?摄影?[：:])|" + CREDIT_TAIL)
 _NUMBERED_CAPTION_RE = re.compile(r"^图[①-⑳\d一二三四五六七八九十]+[：:]")
 # who is where in a photo: 张建国（右）, （前排左二）
 _POSITION_RE = re.compile(r"[（(](?:前排|后排|中间)?[左右中][一二三四五六\d]?[）)]")

@@ -131,3 +131,9 @@ def test_full_width_marks_still_map_to_the_raw_page():
 ])
 def test_table_rows(line, table):
     assert is_table_row(line) is table
+
+
+def test_a_body_line_ending_in_a_word_with_she_is_no_credit():
+    # 拍摄 at the end of a narrow column line is a word, not a photographer's credit
+    assert should_join("摄制组在当地进行了为期三天的拍摄", "工作，记录下古村的变化。", 16, 1)
+    assert not should_join("工人在流水线上作业。", "（本报记者 摄）", 16, 1)
