@@ -33,8 +33,9 @@ BYLINE_LINE_RE = re.compile(
     rf"|[（(]\s*(?:{ROLE})[^）)]{{0,40}}(?<!摄)[）)])$"
 )
 _NAME_RE = re.compile(r"^[\u4e00-\u9fff]{2,4}$")
-# a jump to another page, on its own line or ending a paragraph: （下转第三版）, 转第4版
-JUMP_RE = re.compile(r"\s*(?:[（(]\s*(?:下转|转第?|转至)[^）)]{0,10}[）)]|转第?[\d一二三四五六七八九十]+版)\s*$")
+# a jump to another page, on its own line or ending a paragraph: （下转第三版）, 转第4版; or an end mark （完）
+JUMP_RE = re.compile(r"\s*(?:[（(]\s*(?:下转|转第?|转至)[^）)]{0,10}[）)]|转第?[\d一二三四五六七八九十]+版|"
+                     r"[（(](?:完|全文完|待续|未完待续)[）)])\s*$")
 # A news lead glued to the end of a headline on the same line: "爱路护路宣传进校园 本报讯（记者…）".
 _EMBEDDED_START_RE = re.compile(r"\s+(?=本报讯[（(])")
 _PAIRS = {"“": "”", "‘": "’", "「": "」", "『": "』", "（": "）", "(": ")", "《": "》", "【": "】"}

@@ -22,6 +22,8 @@ __all__ = ["segment_page", "read_layout", "PageLayout", "render_report", "headli
 # captions: numbered or "图为" lines, and lines that end in a credit (…供图, （本报记者 摄）, 摄影：…)
 _CAPTION_RE = re.compile(r"^(图[①-⑳\d一二三四五六七八九十]*[：:]|图为|本版图文|（?摄影?[：:])|" + CREDIT_TAIL)
 _NUMBERED_CAPTION_RE = re.compile(r"^图[①-⑳\d一二三四五六七八九十]+[：:]")
+# an editor's note before a story or column
+_NOTE_RE = re.compile(r"^(编者按|编者的话|编前)[：:]")
 # who is where in a photo: 张建国（右）, （前排左二）
 _POSITION_RE = re.compile(r"[（(](?:前排|后排|中间)?[左右中][一二三四五六\d]?[）)]")
 # a news lead: 本报讯, or a dateline (本报杭州3月12日电, 新华社北京3月12日电), with the byline in brackets
@@ -93,13 +95,16 @@ def _classify(p: Paragraph) -> str:
         return "byline"
     if _JUMP_RE.fullmatch(t):
         return "jump"
+    if _NOTE_RE.match(t):
+        return "note"
     if _LEAD_BARE_RE.match(t) or _CONT_RE.match(t) or is_table_row(t):
         return "body"
     if _ITEM_RE.match(t) and ends_sentence(t):
         return "item"
     if _LABEL_RE.match(t):
         return "heading"
-    if t[-1] in "：:，,、；;":  # a lead into a list or table, or a paragraph cut by the layout
+    core = _JUMP_RE.sub("", t)  # "…更远的地方。（完）" ends a sentence
+    if core[-1] in "：:，,、；;" or "。" in core:  # a lead into a list, a cut paragraph, sentences
         return "body"
     if not ends_sentence(t) and len(t) <= _MAX_HEADLINE:
         return "name" if _NAME_RE.match(t) and all(_looks_like_name(w) for w in t.split()) else "heading"
@@ -138,7 +143,18 @@ def clean_byline(text: str) -> str:
         else:
             merged.append(tok)
             spaced = len(tok) == 1
-    text = " ".join(merged)
+    # a single character is no name: it is the end of the name before it ("祁永 峰"), or the start of
+    # the one after a role
+    roles = re.compile(rf"^(?:{ROLE})$")
+    names: list[str] = []
+    for k, tok in enumerate(merged):
+        if len(tok) == 1 and names and not roles.match(names[-1]):
+            names[-1] += tok
+        elif len(tok) == 1 and k + 1 < len(merged) and not roles.match(merged[k + 1]):
+            merged[k + 1] = tok + merged[k + 1]
+        else:
+            names.append(tok)
+    text = " ".join(names)
     # roles and names apart: "记者王静通讯员马晓东" -> "记者 王静 通讯员 马晓东"
     text = _ROLE_RE.sub(lambda m: f" {m.group(1)} ", text)
     return re.sub(r"\s+", " ", text).strip()
@@ -281,7 +297,11 @@ def _items(paras: list[Paragraph], flags: list[str]) -> list[tuple[str, object]]
     """("H", [paragraphs]) headline groups, ("N", name) bare names, ("R", run) bodies with bylines folded in."""
     items: list[tuple[str, object]] = []
     pending_byline: str | None = None
+    notes: list[tuple[str, tuple[Segment, ...]]] = []  # an editor's note waiting for its story
     for idx, (p, kind) in enumerate(zip(paras, flags)):
+        if kind == "note":
+            notes.append((p.text, p.segments))
+            continue
         if kind in ("caption", "jump"):
             if kind == "jump" and items and items[-1][0] == "R":
                 items[-1][1].jumped = True
@@ -337,6 +357,8 @@ def _items(paras: list[Paragraph], flags: list[str]) -> list[tuple[str, object]]
                        byline=pending_byline, continuation=bool(m_cont))
             items.append(("R", run))
             pending_byline = None
+            run.paras.extend(notes)
+            notes = []
         if m_lead:
             if m_lead.groups() and m_lead.group(1):
                 run.byline = clean_byline(m_lead.group(1))

@@ -2,7 +2,8 @@
 
 Each ``tests/data/pages/<name>.gold.json`` lists the articles a reader sees on ``<name>.txt``: title
 (or ``null`` with ``provisional`` for an untitled block), byline, kind, first and last words, and
-phrases the article must hold; the captions; words that are no title; the spaces that are real.
+phrases the article must hold; the captions; words that are no title; the spaces that are real. An
+article the rules still get wrong says so in ``known_failure`` (the test is then an expected failure).
 """
 from __future__ import annotations
 
@@ -98,7 +99,10 @@ def test_there_are_test_pages():
 def test_gold_article(path, i):
     gold, arts = load_gold(path)
     want = gold["articles"][i]
-    assert not article_errors(want, arts), article_errors(want, arts)
+    errors = article_errors(want, arts)
+    if errors and want.get("known_failure"):
+        pytest.xfail(want["known_failure"])
+    assert not errors, errors
 
 
 @pytest.mark.parametrize("path", GOLD, ids=[p.name.split(".")[0] for p in GOLD])
@@ -107,8 +111,11 @@ def test_page_has_no_other_articles(path):
     found = [a.text[:20] for a in arts if a.kind == "article"]
     assert len(found) == len(gold["articles"]), found
     titles = [a.title for a in arts]
+    known = any(a.get("known_failure") for a in gold["articles"])
     for word in gold["not_titles"]:
         assert word not in titles
+        if not known:
+            assert not any(t.startswith(word) for t in titles)
     bodies = "\n".join(a.title + "\n" + a.text for a in arts if a.kind == "article")
     for phrase in gold["not_in_articles"]:
         assert phrase not in bodies

@@ -250,3 +250,19 @@ def test_photo_news_headline_titles_its_caption_and_an_unbracketed_byline_is_rea
     assert [(a.kind, a.title, a.provisional_title, a.byline) for a in layout.articles] == [
         ("caption", "千年古镇迎来赏花季", False, None), ("article", "新区汽车产业加速成长", False, "记者 刘伟")]
     assert layout.articles[1].text.startswith("一季度，") and layout.unplaced == []
+
+
+def test_end_mark_and_editors_note_stay_with_their_story():
+    page = ("编者按：本报开设专栏，讲述扎根乡村的年轻人。\n\n\n\n某县青年返乡养羊\n\n□ 文/本报记者 马 骁\n\n"
+            "大学毕业后，他回到家乡养羊。\n\n他打算明年建一个加工厂。（完）\n")
+    (art,) = segment_page(page, "p.txt")
+    assert (art.title, art.byline) == ("某县青年返乡养羊", "本报记者 马骁")
+    assert art.text.startswith("编者按：") and art.text.endswith("建一个加工厂。")
+
+
+@pytest.mark.parametrize("raw, clean", [
+    ("记者 马骁 通讯员 祁永 峰", "记者 马骁 通讯员 祁永峰"),  # a name broken across lines
+    ("记者 张 三丰", "记者 张三丰"),
+])
+def test_a_single_character_is_no_name(raw, clean):
+    assert clean_byline(raw) == clean
