@@ -52,6 +52,8 @@ _PAGE_REF_RE = re.compile(r"\s*(?:第?[\d一二三四五六七八九十]+|[A-Z]\
 _KICKER_RE = re.compile(r"^(为了|为|让|从|向|当|在|把)|\s|[！!—]$")
 _ROLE_RE = re.compile(rf"\s*((?:{ROLE.replace('|作者', '')}))\s*")
 _MAX_HEADLINE = 40
+# a headline is broken over two lines only when it is too long for one: shorter pairs are label + headline
+_BROKEN_MIN = 18
 
 
 def headline_similarity(headline: str, text: str) -> float:
@@ -177,7 +179,10 @@ def _headline_group(texts: list[str]) -> tuple[str, str | None]:
     if len(mains) >= 2 and (subs or _KICKER_RE.search(mains[0])):
         kicker, mains = mains[:1], mains[1:]
     if len(mains) >= 2 and len(mains[0]) <= 13 and len(mains[0]) + len(mains[1]) <= _MAX_HEADLINE:
-        title, rest = mains[0] + mains[1], mains[2:]
+        if mains[1][0] in "（(" or len(mains[0]) + len(mains[1]) >= _BROKEN_MIN:
+            title, rest = mains[0] + mains[1], mains[2:]
+        else:  # a headline that fits one line was not broken: the short line over it is a label or kicker
+            title, rest = mains[1], [mains[0]] + mains[2:]
     else:
         title, rest = mains[0], mains[1:]
     rest = kicker + rest + subs
