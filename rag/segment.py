@@ -1,9 +1,11 @@
-"""Repaired page -> articles: headlines (before or after their body), bylines, continuations, captions.
+"""Repaired page -> articles: headlines (before, after or apart from their body), bylines, continuations, captions.
 
 Headlines are placed by layout rules where the layout is explicit (a headline at the top of the
 page, a run that already has its headline) and otherwise by scoring the headline's words against
 the candidate bodies, because on these pages a headline is often printed after its article or
-beside another article's byline.
+beside another article's byline. Lines are recognised by pattern families, never by page strings:
+news leads and datelines, bylines (with spaces, roles, markers, 文/图), credits and photo captions,
+column labels, kickers and subtitles, digests, jumps and end marks, editor's notes, list items.
 """
 from __future__ import annotations
 
@@ -50,6 +52,7 @@ _LABEL_RE = re.compile(r"^(?=.{2,6}$).{0,4}(简讯|快讯|短讯|速递|速览|�
 _PAGE_REF_RE = re.compile(r"\s*(?:第?[\d一二三四五六七八九十]+|[A-Z]\d*)\s*版$")
 # a kicker (引题) often says what for or where from: 为了…, 让…, 从…
 _KICKER_RE = re.compile(r"^(为了|为|让|从|向|当|在|把)|\s|[！!—]$")
+_ROLE_ONLY_RE = re.compile(rf"^(?:{ROLE})$")
 _ROLE_RE = re.compile(rf"\s*((?:{ROLE.replace('|作者', '')}))\s*")
 _MAX_HEADLINE = 40
 # a headline is broken over two lines only when it is too long for one: shorter pairs are label + headline
@@ -147,12 +150,11 @@ def clean_byline(text: str) -> str:
             spaced = len(tok) == 1
     # a single character is no name: it is the end of the name before it ("祁永 峰"), or the start of
     # the one after a role
-    roles = re.compile(rf"^(?:{ROLE})$")
     names: list[str] = []
     for k, tok in enumerate(merged):
-        if len(tok) == 1 and names and not roles.match(names[-1]):
+        if len(tok) == 1 and names and not _ROLE_ONLY_RE.match(names[-1]):
             names[-1] += tok
-        elif len(tok) == 1 and k + 1 < len(merged) and not roles.match(merged[k + 1]):
+        elif len(tok) == 1 and k + 1 < len(merged) and not _ROLE_ONLY_RE.match(merged[k + 1]):
             merged[k + 1] = tok + merged[k + 1]
         else:
             names.append(tok)
