@@ -38,11 +38,14 @@ def _cmd_articles(args: argparse.Namespace) -> int:
 
     if args.report:  # per page: articles, title source, byline, unplaced blocks, repaired spaces
         from .ingest import list_pages, read_page
-        from .segment import read_layout, render_report
+        from .segment import read_layout, render_report, render_totals
 
+        layouts = []
         for path in args.pages or list_pages(args.seeds):
             page = read_page(path)
-            print(render_report(read_layout(page.text, page.name)))
+            layouts.append(read_layout(page.text, page.name))
+            print(render_report(layouts[-1]))
+        print(render_totals(layouts))
         return 0
     for a in pipeline.load_articles(args.seeds, pages=args.pages or None):
         if args.json:

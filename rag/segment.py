@@ -18,7 +18,8 @@ from .repair import (BYLINE_LINE_RE, CREDIT_TAIL, JUMP_RE as _JUMP_RE, ROLE, Par
 from .types import Article, Segment
 from .zh import bigram_share, char_bigrams, cut_words, ends_sentence, split_sentences
 
-__all__ = ["segment_page", "read_layout", "PageLayout", "render_report", "headline_similarity", "clean_byline",
+__all__ = ["segment_page", "read_layout", "PageLayout", "render_report", "render_totals", "headline_similarity",
+           "clean_byline",
            "provisional_title"]
 
 # captions: numbered or "图为" lines, and lines that end in a credit (…供图, （本报记者 摄）, 摄影：…)
@@ -257,6 +258,16 @@ def read_layout(raw: str, source: str) -> PageLayout:
     what repair did to its spaces and punctuation."""
     articles, unplaced = _segment(raw, source)
     return PageLayout(source, articles, unplaced, report_spaces(raw))
+
+
+def render_totals(layouts: list[PageLayout]) -> str:
+    """One closing line over the pages of a report: articles, captions, unplaced blocks, spaces, marks."""
+    arts = sum(1 for lay in layouts for a in lay.articles if a.kind == "article")
+    caps = sum(1 for lay in layouts for a in lay.articles if a.kind == "caption")
+    return (f"== {len(layouts)} pages: {arts} articles, {caps} captions, "
+            f"{sum(len(lay.unplaced) for lay in layouts)} unplaced; OCR spaces dropped "
+            f"{sum(lay.spaces.dropped for lay in layouts)}, kept {sum(len(lay.spaces.kept) for lay in layouts)}; "
+            f"punctuation made full-width {sum(lay.spaces.punct for lay in layouts)}")
 
 
 def _segment(raw: str, source: str) -> tuple[list[Article], list[str]]:

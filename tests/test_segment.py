@@ -210,6 +210,7 @@ def test_cli_articles_report():
     assert out.startswith("== chengdu_digest.txt: 2 articles, 1 captions, 1 unplaced")
     assert "printed     “蓉易办”上线企业开办一件事" in out and "byline:   本报记者 何佳" in out
     assert "unplaced: 成都地铁19号线二期开通运营" in out
+    assert out.rstrip().splitlines()[-1].startswith("== 1 pages: 2 articles, 1 captions, 1 unplaced; OCR spaces dropped 5")
 
 
 def test_a_run_of_headlines_is_not_one_title():
