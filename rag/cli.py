@@ -40,13 +40,18 @@ def _cmd_articles(args: argparse.Namespace) -> int:
         from .ingest import list_pages, read_page
         from .segment import read_layout, render_report, render_totals
 
-        layouts = []
+        layouts, failed = [], 0
         for path in args.pages or list_pages(args.seeds):
-            page = read_page(path)
+            try:  # a page that cannot be read is reported and the others still are
+                page = read_page(path)
+            except RagError as exc:
+                print(f"== {exc}")
+                failed += 1
+                continue
             layouts.append(read_layout(page.text, page.name))
             print(render_report(layouts[-1]))
-        print(render_totals(layouts))
-        return 0
+        print(render_totals(layouts) + (f"; {failed} pages not read" if failed else ""))
+        return 1 if failed else 0
     for a in pipeline.load_articles(args.seeds, pages=args.pages or None):
         if args.json:
             _print_json({"article_id": a.article_id, "title": a.title, "subtitle": a.subtitle,
