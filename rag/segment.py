@@ -272,6 +272,8 @@ def render_totals(layouts: list[PageLayout]) -> str:
 
 def _segment(raw: str, source: str) -> tuple[list[Article], list[str]]:
     paras = repair_page(raw)
+    if not paras:
+        return [], []
     flags = [_classify(p) for p in paras]
     _captions(paras, flags)
     items = _items(paras, flags)

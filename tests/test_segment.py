@@ -267,3 +267,8 @@ def test_end_mark_and_editors_note_stay_with_their_story():
 ])
 def test_a_single_character_is_no_name(raw, clean):
     assert clean_byline(raw) == clean
+
+
+@pytest.mark.parametrize("raw", ["", "\n\n \n", "（完）", "今日导读\n\n某市地铁开通 2版\n"])
+def test_pages_without_a_story_give_no_article_and_no_error(raw):
+    assert [a for a in segment_page(raw, "p.txt") if a.kind == "article"] == []
