@@ -24,6 +24,7 @@ __all__ = ["segment_page", "read_layout", "PageLayout", "render_report", "render
 
 # captions: numbered or "图为" lines, and lines that end in a credit (…供图, （本报记者 摄）, 摄影：…)
 _CAPTION_RE = re.compile(r"^(图[①-⑳\d一二三四五六七八九十]*[：:]|图为|本版图文|（?摄影?[：:])|" + CREDIT_TAIL)
+_CREDIT_ONLY_RE = re.compile(r"^[（(]?[^，。,]{0,30}" + CREDIT_TAIL + r"|^本版图文")
 _NUMBERED_CAPTION_RE = re.compile(r"^图[①-⑳\d一二三四五六七八九十]+[：:]")
 # an editor's note before a story or column
 _NOTE_RE = re.compile(r"^(编者按|编者的话|编前)[：:]")
@@ -526,7 +527,9 @@ def _articles(items: list, paras: list[Paragraph], flags: list[str], source: str
             segs.extend(slice_segments(p.segments, 0, len(p.text), shift=pos))
             pos += len(p.text) + 1
         printed = caption_titles.get(next(j for j, q in enumerate(paras) if q is group[0]))
-        articles.append(Article(article_id="", title=printed or provisional_title(text), text=text, source=source,
+        # a caption is named by what the photo shows, not by its credit line (宜春丰城高新区供图)
+        shown = "\n".join(p.text for p in group if not _CREDIT_ONLY_RE.match(p.text)) or text
+        articles.append(Article(article_id="", title=printed or provisional_title(shown), text=text, source=source,
                                 kind="caption", provisional_title=printed is None, segments=tuple(segs)))
     articles.sort(key=lambda a: a.segments[0].raw_start if a.segments else 0)
     return [replace(a, article_id=f"{stem}-{k:02d}") for k, a in enumerate(articles, start=1)]

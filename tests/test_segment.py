@@ -90,6 +90,8 @@ def test_captions_are_separate_records(articles):
         assert phrase in texts
     bodies = "\n".join(a.text for a in articles if a.kind == "article")
     assert "图①" not in bodies and "供图" not in bodies and "图为" not in bodies
+    # a caption is named by what its photo shows, never by the credit line
+    assert not any(c.title.endswith("供图") for c in captions)
 
 
 def test_continuations_are_marked_and_titled_provisionally(articles):
