@@ -40,9 +40,10 @@ JUMP_RE = re.compile(r"\s*(?:[（(]\s*(?:下转|转第?|转至)[^）)]{0,10}[）
 _EMBEDDED_START_RE = re.compile(r"\s+(?=本报讯[（(])")
 _PAIRS = {"“": "”", "‘": "’", "「": "」", "『": "』", "（": "）", "(": ")", "《": "》", "【": "】"}
 # a photo credit standing on its own line: 宜春丰城高新区供图, （本报记者 摄）
-# the credit ends in 供图, or in 摄 after a space, a role or a name ("（本报记者 摄）", "李明 摄"), never a
-# word such as 拍摄 that a body line may end with
-CREDIT_TAIL = r"(?:供图|\s摄影?|(?:记者|通讯员|摄影师?)\s*[\u4e00-\u9fff]{0,4}\s*摄|[／/]\s*摄)\s*[）)]?$"
+# the credit ends in 供图, or in 摄 after a space, a role, or a name after the caption's sentence
+# ("（本报记者 摄）", "李明 摄", "…技艺。李然摄"), never a word such as 拍摄 that a body line may end with
+CREDIT_TAIL = (r"(?:供图|\s摄影?|(?:记者|通讯员|摄影师?)\s*[\u4e00-\u9fff]{0,4}\s*摄|[／/]\s*摄|"
+               r"(?<=[。！？”])\s*[\u4e00-\u9fff]{2,4}\s*摄影?)\s*[）)]?$")
 _CREDIT_LINE_RE = re.compile(rf"^[（(]?[^，。,]{{0,30}}{CREDIT_TAIL}")
 # a table cell: a short run of Chinese characters and figures ("销售收入", "501.5亿元")
 _CELL_RE = re.compile(r"^[\u4e00-\u9fff\d.%％]{1,10}$")
@@ -206,7 +207,7 @@ def should_join(prev: str, nxt: str, width: float, blanks: int = 0) -> bool:
     if blanks >= 2 or not prev or not nxt:
         return False
     if BLOCK_START_RE.match(nxt) or BYLINE_LINE_RE.match(prev) or BYLINE_LINE_RE.match(nxt) or \
-            _CREDIT_LINE_RE.match(nxt) or _CREDIT_LINE_RE.match(prev):
+            _CREDIT_LINE_RE.match(nxt) or re.search(CREDIT_TAIL, prev):  # a credit ends its caption
         return False
     if ends_sentence(prev) or JUMP_RE.search(prev) or is_table_row(prev) or is_table_row(nxt):
         return False

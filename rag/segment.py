@@ -599,6 +599,7 @@ def provisional_title(text: str) -> str:
     >>> provisional_title("近日，市审计局召开审计整改工作专题会，传达学习有关文件精神。")
     '市审计局召开审计整改工作专题会'
     """
+    text = re.sub(r"^[▲△■●◆□►▶★☆·•]\s*", "", text)
     spans = split_sentences(text)
     first = text[spans[0][0]:spans[0][1]] if spans else text
     clauses = [m.group(0).strip() for m in _CLAUSE_RE.finditer(first) if m.group(0).strip()]

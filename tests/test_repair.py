@@ -137,3 +137,7 @@ def test_a_body_line_ending_in_a_word_with_she_is_no_credit():
     # 拍摄 at the end of a narrow column line is a word, not a photographer's credit
     assert should_join("摄制组在当地进行了为期三天的拍摄", "工作，记录下古村的变化。", 16, 1)
     assert not should_join("工人在流水线上作业。", "（本报记者 摄）", 16, 1)
+
+
+def test_a_caption_ending_in_its_photographer_does_not_run_into_the_next_line():
+    assert not should_join("▲ 游客在古城体验白族扎染技艺。李然摄", "祥云县启动秋冬农业开发", 16, 1)
