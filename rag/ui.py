@@ -203,9 +203,9 @@ def build_app(index_dir: str | Path = "index", seeds: str | Path | None = "seeds
     def api_ask(question: str) -> dict:
         """Answer a question: {"answer", "refused", "citations": [{n, article_id, title, source, excerpt, start, end, line}]}."""
         try:
-            ans = backend.engine().ask(question if isinstance(question, str) else "")
-        except RagError as exc:
-            raise gr.Error(str(exc)) from None
+            ans = backend.engine().ask(question)  # a None or a list is refused saying so, not "empty"
+        except RagError as exc:  # an ordinary user error: a message, no traceback in the server log
+            raise gr.Error(str(exc), print_exception=False) from None
         return {"question": ans.question, "answer": ans.answer, "refused": ans.refused,
                 "citations": [{"n": c.n, "article_id": c.article_id, "title": c.title, "source": c.source,
                                "excerpt": c.excerpt, "start": c.start, "end": c.end, "line": c.line}
