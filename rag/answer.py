@@ -195,7 +195,7 @@ def evidence_sentences(index: Index, question: str, hits: list[Hit], *, limit: i
     a second): whole sentences where they fit, else the clause windows that hold the fact."""
     params = scoring or load_scoring()
     ranked = sorted(evidence_of_hits(index, question, hits, query_vector, params),
-                    key=lambda ev: -(params.probability(ev.features) - params.length_penalty * len(ev.text)))
+                    key=lambda ev: -(params.logit(ev.features) - params.length_penalty * len(ev.text)))
     out: list[tuple[str, int, int]] = []
     used = 0
     for c in ranked:

@@ -266,10 +266,11 @@ def collect_evidence(engine, items: list[QAItem], base: ScoringParams | None = N
             ok = False
             if item.answerable:
                 text = index.articles[ev.article_id].text
-                overlaps = any(s < ev.end and ev.start < e for s, e in gold_spans(text, item.gold))
-                holds = not item.facts or any(any(_norm(alt) in _norm(ev.text) for alt in f.split("|"))
-                                              for f in item.facts)
-                ok = overlaps and holds
+                spans = gold_spans(text, item.gold)
+                overlaps = any(s < ev.end and ev.start < e for s, e in spans)
+                held = [any(_norm(alt) in _norm(ev.text) for alt in f.split("|")) for f in item.facts]
+                # it holds the gold passage and a key fact, or every key fact in the gold's article
+                ok = (overlaps and (not held or any(held))) or (bool(spans) and bool(held) and all(held))
             labels.append(1.0 if ok else 0.0)
         feats = np.array([ev.features for ev in evidence], dtype=float).reshape(len(evidence), -1)
         out.append(Collected(item, _page_of(engine, item, sources), feats, np.array(labels),
@@ -300,7 +301,7 @@ def fit_scoring(collected: list[Collected], base: ScoringParams | None = None, *
             continue
         z = params.bias + c.features @ np.array(params.weights)
         p = 1 / (1 + np.exp(-np.clip(z, -50, 50)))
-        i = int(np.argmax(p - params.length_penalty * c.lengths))
+        i = int(np.argmax(z - params.length_penalty * c.lengths))
         best_p.append(float(p[i])), good.append(bool(c.labels[i])), answerable.append(c.item.answerable)
     best_p, good, answerable = np.array(best_p), np.array(good), np.array(answerable)
     cands = np.unique(best_p)
@@ -311,7 +312,7 @@ def fit_scoring(collected: list[Collected], base: ScoringParams | None = None, *
     top = max(scores)
     winners = [t for t, s in zip(cuts, scores) if s >= top - 1e-9]
     threshold = float(winners[len(winners) // 2])
-    return replace(params, threshold=round(threshold, 4),
+    return replace(params, threshold=threshold,
                    fitted_on=note or f"{len(collected)} questions, {int(y.sum())} positive of {len(y)} sentences")
 
 

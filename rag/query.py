@@ -116,7 +116,13 @@ def resolve_followup(question: str, history: list[str]) -> str:
 
 
 def _place_in(text: str) -> str | None:
-    """The first place or organisation name in a text (jieba part-of-speech ns/nt, or a user-dictionary name)."""
+    """The first place named in a text, as written ("格尔木市" or "格尔木"), else the first organisation
+    name (jieba part-of-speech nt)."""
+    names = place_names(text)
+    if names:
+        m = re.search(re.escape(names[0]) + r"(?:自治州|自治县|[省市州县区镇乡村旗盟])?", text)
+        if m:
+            return m.group(0)
     from .zh import _jieba
 
     _jieba()

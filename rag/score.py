@@ -1,10 +1,11 @@
 """All scoring in one place: how well a sentence answers a question.
 
-Each candidate sentence (or clause window) of the retrieved chunks gets six features — its share of
-the question's key terms, the encoder's question-to-sentence similarity, whether it holds the kind
-of fact asked for (a rank, a date, a count), whether it is about the asked place and the asked year,
-and its chunk's retrieval rank — combined by one logistic model into the probability that it
-answers the question. The same probability reranks the chunks, picks the answer and decides when to
+Each candidate sentence (or clause window) of the retrieved chunks gets nine features — its share of
+the question's key terms, the encoder's question-to-sentence and question-to-passage similarity,
+whether it holds the kind of fact asked for (a rank, a date, a count), whether it is about the asked
+place and the asked year, its chunk's retrieval rank, and how far its similarity and term share fall
+short of the best candidate's — combined by one logistic model into the probability that it answers
+the question. The same probability reranks the chunks, picks the answer and decides when to
 refuse. Every weight and threshold lives in one frozen :class:`ScoringParams`, fitted on a question
 set by ``rag eval --fit`` (leave-one-page-out figures are what ``rag eval`` reports) and stored in
 ``rag/data/scoring.json``.
@@ -16,7 +17,7 @@ import json
 import math
 import re
 import threading
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ __all__ = ["FEATURES", "ScoringParams", "load_scoring", "save_scoring", "Evidenc
            "term_coverage", "place_check", "year_check", "describe_sentences", "gather_evidence", "rerank",
            "judge", "fit_logistic", "SCORING_FILE", "term_weights", "coverage", "remember_evidence", "evidence_of_hits"]
 
-FEATURES = ("coverage", "similarity", "fact", "place", "year", "prior")
+FEATURES = ("coverage", "similarity", "fact", "place", "year", "prior", "passage", "similarity_gap", "coverage_gap")
 SCORING_FILE = Path(__file__).parent / "data" / "scoring.json"
 
 
@@ -47,21 +48,21 @@ class ScoringParams:
         rerank_depth: how many fused candidates are rescored.
         keep_ratio: a further sentence joins the answer when its probability is at least this share of
             the best one's (and above ``threshold``).
-        length_penalty: per character, so that a clause window wins over its sentence only when it
-            keeps the evidence (breaks near-ties; not fitted).
+        length_penalty: logit per character, so that a clause window wins over its sentence only when
+            it keeps the evidence (breaks near-ties; not fitted).
         list_items, list_chars: at most this many enumerated items, and characters, in a list answer.
         l2: ridge penalty of the logistic fit.
         fitted_on: what the weights were fitted on.
     """
 
-    weights: tuple[float, ...] = (4.0, 1.5, 1.5, 2.5, 2.0, 1.0)
+    weights: tuple[float, ...] = (4.0, 1.5, 1.5, 2.5, 2.0, 1.0, 1.0, 1.0, 1.0)
     bias: float = -6.0
     threshold: float = 0.3
     sim_center: float = 0.8
     sim_scale: float = 10.0
     rerank_depth: int = 30
     keep_ratio: float = 0.85
-    length_penalty: float = 0.0005
+    length_penalty: float = 0.002
     list_items: int = 6
     list_chars: int = 360
     l2: float = 1.0
@@ -92,7 +93,7 @@ class ScoringParams:
         d = dict(d)
         w = d.get("weights")
         if isinstance(w, dict):
-            d["weights"] = tuple(float(w[name]) for name in FEATURES)
+            d["weights"] = tuple(float(w.get(name, 0.0)) for name in FEATURES)  # a feature added since: unused
         elif w is not None:
             d["weights"] = tuple(float(x) for x in w)
         names = {f.name for f in fields(cls)}
@@ -228,16 +229,16 @@ def _related(a: str, b: str) -> bool:
 def place_check(asked: tuple[str, ...], sentence_places: tuple[str, ...], article_places: tuple[str, ...]) -> tuple[str, ...]:
     """The asked places the evidence is not about (empty: the constraint holds).
 
-    A sentence about its own place answers for that place only; a sentence naming none speaks for
-    its article's places (title, most frequent place, the paper's city for "我市")."""
+    Evidence is about the asked place when the sentence names it, or when its article is about it
+    (title, most frequent place, the paper's city for "我市"): a sentence of an article about 西宁
+    does not answer for 格尔木, though 格尔木 is mentioned elsewhere in it; one naming 浙江 in
+    passing in an article about 海西 still speaks for 海西."""
     missing = []
     for q in asked:
         if any(_related(q, p) for p in sentence_places):
             continue
-        if sentence_places:  # the sentence is about somewhere else
-            missing.append(q)
-        elif not any(_related(q, p) for p in article_places):
-            missing.append(q)
+        if not any(_related(q, p) for p in article_places):
+            missing.append(q)  # neither the sentence nor its article is about the asked place
     return tuple(missing)
 
 
@@ -300,6 +301,12 @@ class SentenceTable:
             self.article_years[aid] = tuple(years_in(art.title + "\n" + art.text))
         # width-folded, lower-cased title and text (length-preserving, so text offsets still hold)
         self.folded = {aid: _fold(art.title + "\n" + art.text) for aid, art in articles.items()}
+
+    def chunk_vector(self, index, row: int) -> np.ndarray:
+        """The passage vector of chunk ``row`` (read back from FAISS once)."""
+        if not hasattr(self, "_chunk_vectors"):
+            self._chunk_vectors = index.vectors()
+        return self._chunk_vectors[row]
 
     def row_at(self, article_id: str, pos: int) -> int | None:
         """The sentence row holding article position ``pos``."""
@@ -405,6 +412,7 @@ def gather_evidence(index, query: str, query_vector: np.ndarray, ranked: list[tu
         offset = len(art.title) + 1
         a_places = table.article_places.get(art.article_id, ())
         a_years = table.article_years.get(art.article_id, ())
+        passage = float(table.chunk_vector(index, row) @ qv)
         for s, e in split_sentences(chunk.text):
             a0, a1 = chunk.start + s, chunk.start + e
             srow = table.row_at(art.article_id, a0)
@@ -424,25 +432,30 @@ def gather_evidence(index, query: str, query_vector: np.ndarray, ranked: list[tu
                          fact_match(info, t),
                          0.0 if miss_p else 1.0,
                          0.0 if miss_y else 1.0,
-                         1.0 / rank)
+                         1.0 / rank,
+                         (passage - params.sim_center) * params.sim_scale)
                 out.append(Evidence(chunk.chunk_id, art.article_id, rank, w0, w1, t, feats, miss_p, miss_y,
                                     s_places or a_places, s_years))
-    return out
+    # how far each candidate falls short of the best one, in similarity and in term share
+    best_sim = max((ev.features[1] for ev in out), default=0.0)
+    best_cov = max((ev.features[0] for ev in out), default=0.0)
+    return [replace(ev, features=ev.features + (ev.features[1] - best_sim, ev.features[0] - best_cov)) for ev in out]
 
 
 def rerank(evidence: list[Evidence], ranked: list[tuple[int, float]], chunk_rows: dict[str, int],
            params: ScoringParams) -> list[tuple[int, float]]:
-    """Re-order fused candidates by the probability of their best sentence (deeper ones keep their order)."""
+    """Re-order fused candidates by their best sentence's logit (deeper ones keep their order); the
+    score returned is that sentence's probability."""
     best: dict[int, float] = {}
     for ev in evidence:
         row = chunk_rows[ev.chunk_id]
-        p = params.probability(ev.features)
-        if p > best.get(row, -1.0):
-            best[row] = p
+        z = params.logit(ev.features)
+        if z > best.get(row, -1e9):
+            best[row] = z
     depth = ranked[: params.rerank_depth]
-    rescored = [(row, best.get(row, 0.0) + 1e-3 * fused) for row, fused in depth]
-    rescored.sort(key=lambda x: (-x[1], x[0]))
-    return rescored + ranked[params.rerank_depth:]
+    order = sorted(depth, key=lambda x: (-(best.get(x[0], -1e9) + 1e-3 * x[1]), x[0]))
+    scored = [(row, 1.0 / (1.0 + math.exp(-max(-50.0, best.get(row, -50.0))))) for row, _ in order]
+    return scored + ranked[params.rerank_depth:]
 
 
 # --- the decision ----------------------------------------------------------------------------------
@@ -458,7 +471,8 @@ class Judgement:
 
 
 def _value(ev: Evidence, params: ScoringParams) -> float:
-    return params.probability(ev.features) - params.length_penalty * len(ev.text)
+    """The order of candidates: their logit, shorter ones first among near-ties."""
+    return params.logit(ev.features) - params.length_penalty * len(ev.text)
 
 
 def judge(evidence: list[Evidence], params: ScoringParams, *, limit: int = 3) -> Judgement:
@@ -485,7 +499,7 @@ def judge(evidence: list[Evidence], params: ScoringParams, *, limit: int = 3) ->
         return params.probability(tuple(f))
     misses = [ev for ev in evidence if ev.missing_places or ev.missing_years]
     if misses:
-        near = max(misses, key=lambda ev: relaxed(ev) - params.length_penalty * len(ev.text))
+        near = max(misses, key=lambda ev: relaxed(ev) - 1e-4 * len(ev.text))
         if relaxed(near) >= params.threshold:
             return Judgement(p_best, (), near)
     return Judgement(p_best)

@@ -15,7 +15,7 @@ from rag.score import (FEATURES, Evidence, ScoringParams, fact_match, fit_logist
 from rag.zh import add_place_names, local_place_names, place_key, place_names, years_in
 
 
-CORPUS = ["西宁市锂电产业集聚区建设提速，深度融入全国市场。", "海西州德令哈市、都兰县和海东市的干部来到全市各区。"]
+CORPUS = ["西宁市锂电产业集聚区建设提速，深度融入全国市场。", "海西州德令哈市、都兰县、格尔木市和海东市的干部来到全市各区。"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -130,7 +130,8 @@ def test_fit_logistic_recovers_a_separating_direction():
 
 
 def _ev(features, *, missing_places=(), missing_years=(), start=0):
-    return Evidence("c", "a", 1, start, start + 10, "x" * 10, tuple(features), missing_places, missing_years)
+    features = tuple(features) + (0.0,) * (len(FEATURES) - len(features))
+    return Evidence("c", "a", 1, start, start + 10, "x" * 10, features, missing_places, missing_years)
 
 
 @pytest.mark.parametrize("features, missing, outcome", [
@@ -140,7 +141,7 @@ def _ev(features, *, missing_places=(), missing_years=(), start=0):
     ((0, 0, 0, 0, 1, 1), ("德令哈",), "refuse"),    # another place, and no answer either
 ])
 def test_judge_answers_reports_a_near_miss_or_refuses(features, missing, outcome):
-    params = ScoringParams(weights=(3, 1, 1, 4, 4, 0), bias=-9.5, threshold=0.5)
+    params = ScoringParams(weights=(3, 1, 1, 4, 4, 0) + (0,) * (len(FEATURES) - 6), bias=-9.5, threshold=0.5)
     verdict = judge([_ev(features, missing_places=missing)], params)
     got = "answer" if verdict.chosen else "partial" if verdict.partial else "refuse"
     assert got == outcome
