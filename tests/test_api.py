@@ -28,7 +28,7 @@ def _free_port() -> int:
 class Server:
     """A `rag serve` subprocess on 127.0.0.1, ready once /healthz answers 200."""
 
-    def __init__(self, index: Path, log: Path, *extra: str, key: str | None = None):
+    def __init__(self, index: Path, log: Path, *extra: str, key: str | None = None, ready: int = 200):
         self.port, self.key, self.log = _free_port(), key, log
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen([sys.executable, "-m", "rag", "serve", "--index", str(index), "--seeds",
@@ -40,7 +40,7 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(log.read_text())
             try:
-                if httpx.get(self.url + "/healthz", headers=headers, timeout=2).status_code == 200:
+                if httpx.get(self.url + "/healthz", headers=headers, timeout=2).status_code == ready:
                     return
             except httpx.TransportError:
                 pass
@@ -289,8 +289,35 @@ def test_gradio_chat_and_its_ask_endpoint_are_mounted(open_server):
     with open_server.client() as http:
         assert "本地政策新闻问答" in http.get("/").text
         assert http.post("/gradio_api/upload", files={"files": ("a.txt", b"hello")}).status_code == 403
-    result = Client(open_server.url + "/", verbose=False).predict(Q, api_name="/ask")
-    assert "128位" in result["answer"]
+    client = Client(open_server.url + "/", verbose=False)
+    assert "128位" in client.predict(Q, api_name="/ask")["answer"]
+    with pytest.raises(Exception, match="must be text"):  # not "query is empty"
+        client.predict(None, api_name="/ask")
+    assert "Traceback" not in open_server.log.read_text()
+
+
+def test_without_an_index_the_api_says_so(tmp_path):
+    server = Server(tmp_path / "no-index", tmp_path / "serve.log", ready=503)
+    try:
+        with server.client() as http:
+            health = http.get("/healthz")
+            ask = http.post("/api/ask", json={"question": Q})
+        assert health.json()["status"] == "unavailable"
+        assert "rag index" in _error(ask, 503)["message"]
+    finally:
+        server.stop()
+
+
+def test_token_bucket_refills_at_its_rate():
+    from rag.guard import TokenBuckets
+
+    buckets = TokenBuckets(rate_per_minute=60, burst=2)
+    assert [buckets.take("a", now=0.0) for _ in range(2)] == [0.0, 0.0]
+    assert buckets.take("a", now=0.0) == pytest.approx(1.0)  # one token a second
+    assert buckets.take("b", now=0.0) == 0.0  # another client has its own bucket
+    assert buckets.take("a", now=0.5) == pytest.approx(0.5)
+    assert buckets.take("a", now=1.0) == 0.0
+    assert TokenBuckets(rate_per_minute=0, burst=1).take("a") == 0.0  # 0: no limit
 
 
 # ---- key and limits -----------------------------------------------------------------------------
