@@ -372,6 +372,7 @@ def serve(index_dir: str | Path = "index", seeds: str | Path | None = "seeds", *
 
     if not 0 < port < 65536:
         raise BadInput(f"port must be between 1 and 65535, got {port}")
+    _check_bindable(host, port)  # before minutes of loading, not after
     options = options or ApiOptions()
     try:
         from .pipeline import get_engine
@@ -396,7 +397,19 @@ def serve(index_dir: str | Path = "index", seeds: str | Path | None = "seeds", *
     server = uvicorn.Server(config)
     try:
         server.run()
-    except OSError as exc:
+    except (OSError, SystemExit) as exc:  # uvicorn exits when it cannot bind
         raise RagError(f"cannot serve on {host}:{port}: {exc}") from None
     if not server.started:
         raise RagError(f"cannot serve on {host}:{port}: the address is in use or not allowed")
+
+
+def _check_bindable(host: str, port: int) -> None:
+    import socket
+
+    try:
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+    except OSError as exc:
+        raise RagError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
