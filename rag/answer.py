@@ -103,7 +103,7 @@ def list_items(text: str, near: int, *, max_items: int = 6, max_chars: int = 360
         heads, pos = [], 0
         for line in text.split("\n"):
             stripped = line.strip()
-            if 2 <= len(stripped) <= _HEAD_MAX and stripped[-1] not in "。！？!?；;，,：:”）)":
+            if 2 <= len(stripped) <= _HEAD_MAX and stripped[-1] not in "。！？!?；;，,：:":
                 s = pos + line.index(stripped)
                 heads.append((s, s + len(stripped)))
             pos += len(line) + 1

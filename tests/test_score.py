@@ -114,8 +114,8 @@ def test_list_items_take_the_enumeration_near_the_evidence():
     assert [text[s:e] for s, e in list_items(text, 0)] == ["一是甲。", "二是乙。", "三是丙。"]
     far = text.index("（一）")
     assert [text[s:e] for s, e in list_items(text, far)] == ["（一）第一项。", "（二）第二项。"]
-    heads = "总述。\n筑牢红色堡垒\n正文。\n激活人才引擎\n正文。"
-    assert [heads[s:e] for s, e in list_items(heads, 0)] == ["筑牢红色堡垒", "激活人才引擎"]
+    heads = "总述。\n筑牢“红色堡垒”\n正文。\n激活人才引擎\n正文。"
+    assert [heads[s:e] for s, e in list_items(heads, 0)] == ["筑牢“红色堡垒”", "激活人才引擎"]
     assert list_items("没有列举的文章。只有一句。", 0) == []
     assert len(list_items("。".join(f"{n}是第{n}项" for n in "一二三四五六七八") + "。", 0, max_items=4)) == 4
 
