@@ -301,7 +301,12 @@ def fit_scoring(collected: list[Collected], base: ScoringParams | None = None, *
             continue
         z = params.bias + c.features @ np.array(params.weights)
         p = 1 / (1 + np.exp(-np.clip(z, -50, 50)))
-        i = int(np.argmax(z - params.length_penalty * c.lengths))
+        # as score.judge: only evidence about the asked place and year can answer
+        fits = (c.features[:, 3] == 1) & (c.features[:, 4] == 1)
+        if not fits.any():
+            best_p.append(0.0), good.append(False), answerable.append(c.item.answerable)
+            continue
+        i = int(np.argmax(np.where(fits, z - params.length_penalty * c.lengths, -np.inf)))
         best_p.append(float(p[i])), good.append(bool(c.labels[i])), answerable.append(c.item.answerable)
     best_p, good, answerable = np.array(best_p), np.array(good), np.array(answerable)
     cands = np.unique(best_p)

@@ -288,15 +288,14 @@ class SentenceTable:
             pc = page_counts.setdefault(art.source, {})
             for p, n in counts.items():
                 pc[p] = pc.get(p, 0) + n
-        # the paper's own city: the place its pages name most often ("我市" means it)
-        self.page_place = {src: max(c, key=lambda p: (c[p], p)) for src, c in page_counts.items() if c}
+        # the paper's own area: the places its page names most often ("我市" means one of them)
+        self.page_place = {src: tuple(sorted(c, key=lambda p: (-c[p], p))[:2]) for src, c in page_counts.items() if c}
         for aid, art in articles.items():
             counts = per_article.get(aid, {})
             own = list(place_names(art.title))
-            if counts:
-                own.append(max(counts, key=lambda p: (counts[p], p)))
-            if _OWN_AREA.search(art.text) and art.source in self.page_place:
-                own.append(self.page_place[art.source])
+            own += sorted(counts, key=lambda p: (-counts[p], p))[:2]
+            if _OWN_AREA.search(art.text):
+                own += self.page_place.get(art.source, ())
             self.article_places[aid] = tuple(dict.fromkeys(own))
             self.article_years[aid] = tuple(years_in(art.title + "\n" + art.text))
         # width-folded, lower-cased title and text (length-preserving, so text offsets still hold)
@@ -482,7 +481,12 @@ def judge(evidence: list[Evidence], params: ScoringParams, *, limit: int = 3) ->
     ranked = sorted(evidence, key=lambda ev: -_value(ev, params))
     best = ranked[0]
     p_best = params.probability(best.features)
-    if p_best >= params.threshold:
+    # the asked place and year must match: such evidence answers only partially, whatever its score
+    fitting = [ev for ev in ranked if not ev.missing_places and not ev.missing_years]
+    if fitting and params.probability(fitting[0].features) >= params.threshold:
+        best = fitting[0]
+        p_best = params.probability(best.features)
+        ranked = fitting
         chosen = [best]
         for ev in ranked[1:]:
             p = params.probability(ev.features)
@@ -498,7 +502,8 @@ def judge(evidence: list[Evidence], params: ScoringParams, *, limit: int = 3) ->
         f[3] = f[4] = 1.0
         return params.probability(tuple(f))
     misses = [ev for ev in evidence if ev.missing_places or ev.missing_years]
-    if misses:
+    if misses and (not fitting or _value(max(misses, key=lambda ev: _value(ev, params)), params)
+                   >= _value(fitting[0], params)):
         near = max(misses, key=lambda ev: relaxed(ev) - 1e-4 * len(ev.text))
         if relaxed(near) >= params.threshold:
             return Judgement(p_best, (), near)
