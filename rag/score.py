@@ -197,7 +197,7 @@ def fact_match(info: QuestionInfo, sentence: str) -> float:
 
 # --- rules 3 and 4: the asked place and year ------------------------------------------------------
 
-_OWN_AREA = re.compile(r"[我本全][市州县区]")
+_OWN_AREA = re.compile(r"[我本全][省市州县区]")
 
 
 @dataclass(frozen=True)
