@@ -76,7 +76,7 @@ def test_cli_search_batch_json(index_dir):
 
 @pytest.mark.parametrize("args, message", [
     (["search", ""], "query is empty"),
-    (["search", "格尔木", "--k", "0"], "--k must be between"),
+    (["search", "格尔木", "--k", "0"], "argument --k: must be between 1 and 100, got 0"),
     (["search", "格尔木", "--index", "/nonexistent/idx"], "no index at"),
 ])
 def test_cli_search_errors_are_one_line(args, message):
