@@ -6,6 +6,7 @@ import numpy as np
 from .config import Settings
 from .errors import BadInput
 from .index import Index
+from .ingest import clean_question
 from .score import ScoringParams, gather_evidence, load_scoring, remember_evidence, rerank, term_idf
 from .types import Hit
 from .zh import is_han, tokenize
@@ -16,10 +17,12 @@ MAX_K = 100
 
 
 def check_query(query: object, settings: Settings) -> str:
-    """Validate a query and return it stripped; raise BadInput saying what was wrong."""
+    """Validate a query and return it stripped of spaces and of control and zero-width characters
+    (so the chat and the API answer ``格尔木\x07的开发区…`` as the CLI does); raise BadInput
+    saying what was wrong."""
     if not isinstance(query, str):
         raise BadInput(f"query must be text, got {type(query).__name__}")
-    q = query.strip()
+    q = clean_question(query)[0].strip()
     if not q:
         raise BadInput("query is empty")
     if len(q) > settings.max_question_chars:

@@ -101,3 +101,9 @@ def test_cli_refuses_an_index_built_with_another_model(index_dir, tmp_path):
     proc = run_cli("search", "格尔木", "--index", str(other), env={"HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 1 and "cannot load encoder model 'BAAI/bge-small-zh-v1.5'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_control_and_zero_width_characters_do_not_change_the_answer(engine):
+    clean = engine.ask("格尔木的开发区在全国排第几？")
+    dirty = engine.ask("格尔木的开发区\x07在全国\u200b排第几？\x00")
+    assert not dirty.refused and dirty.answer == clean.answer and "128" in dirty.answer
