@@ -190,7 +190,8 @@ def fact_match(info: QuestionInfo, sentence: str) -> float:
     if info.kind == "date":
         return 1.0 if _DATE_A.search(s) else 0.0
     units = _SAME_MEASURE.get(info.measure, info.measure)
-    if units and re.search(rf"{_NUM}\s*(?:万|亿)?[{re.escape(units)}]", s):
+    # an approximate amount counts too: 670余套, 3000多名, 1.2万余人
+    if units and re.search(rf"{_NUM}\s*[余多]?(?:万|亿)?[余多]?[{re.escape(units)}]", s):
         return 1.0
     return 0.5 if _NUMBER_A.search(_DATE_IN_TEXT.sub(" ", s)) else 0.0  # a date does not answer 多少
 
