@@ -266,6 +266,9 @@ def build_app(index_dir: str | Path = "index", seeds: str | Path | None = "seeds
         clear.click(lambda: ([], "", gr.update(choices=[], value=None), "", [], [], gr.update(value=[]), ""),
                     None, [chat, box, sources, panel, items_state, asked_state, view, meta], api_visibility="private",
                     cancels=asked)
+        # the chat's own bin icon forgets the conversation too, not only what is shown
+        chat.clear(lambda: (gr.update(choices=[], value=None), "", [], [], gr.update(value=[]), ""),
+                   None, [sources, panel, items_state, asked_state, view, meta], api_visibility="private")
         sources.change(open_source, [sources, items_state], [view, meta], api_visibility="private")
         page.change(list_articles, page, art_pick, api_visibility="private")
         art_pick.change(lambda a: article_view(a), art_pick, [browse_view, browse_meta], api_visibility="private")
