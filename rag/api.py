@@ -35,12 +35,12 @@ log = logging.getLogger("rag")
 MODELS = {"rag-extractive": "extractive", "rag-llm": "llm"}
 # the extra field of a chat completion (and of its last streamed chunk) holding the `rag ask --json` object
 EXTRA_FIELD = "rag"
-NO_FILTERS = ("暂不支持筛选：版面还没有报纸、日期、地区等元数据",
-              "filters are not supported yet: no page metadata (paper, date, region)")
 
 
 # ---- request bodies (documented on /docs) -------------------------------------------------------
 
+FILTERS_DOC = ("only sources inside these: `paper`, `region` (contained in the page's region or city), `since`, "
+               "`until` (YYYY-MM-DD, inclusive); filters no article matches are a 400 saying so")
 Retriever = Literal["hybrid", "bm25", "dense"]
 AnswerMode = Literal["extractive", "llm"]
 
@@ -55,7 +55,7 @@ class AskRequest(BaseModel):
     k: int | None = Field(None, ge=1, le=100, description="passages to answer from (default 5)")
     mode: AnswerMode | None = Field(None, description="extractive (default) or llm")
     retriever: Retriever | None = Field(None, description="hybrid (default), bm25 or dense")
-    filters: dict[str, Any] | None = Field(None, description="not supported yet: a non-empty object is refused (400)")
+    filters: dict[str, Any] | None = Field(None, description=FILTERS_DOC, examples=[{"region": "格尔木"}])
 
 
 class SearchRequest(BaseModel):
@@ -65,7 +65,7 @@ class SearchRequest(BaseModel):
     query: str = Field(description="the query, 1-500 characters", examples=["电子劳动合同"])
     k: int = Field(5, ge=1, le=100, description="passages to return")
     retriever: Retriever | None = Field(None, description="hybrid (default), bm25 or dense")
-    filters: dict[str, Any] | None = Field(None, description="not supported yet: a non-empty object is refused (400)")
+    filters: dict[str, Any] | None = Field(None, description=FILTERS_DOC, examples=[{"region": "格尔木"}])
 
 
 class ChatMessage(BaseModel):
@@ -85,6 +85,7 @@ class ChatRequest(BaseModel):
     stream: bool = False
     k: int | None = Field(None, ge=1, le=100, description="rag extra: passages to answer from")
     retriever: Retriever | None = Field(None, description="rag extra: hybrid, bm25 or dense")
+    filters: dict[str, Any] | None = Field(None, description="rag extra: " + FILTERS_DOC)
 
 
 def _checked(text: str, settings: Settings, field: str) -> str:
@@ -99,9 +100,20 @@ def _checked(text: str, settings: Settings, field: str) -> str:
         raise err from None
 
 
-def _no_filters(filters: dict | None) -> None:
-    if filters:
-        raise ApiError(400, "invalid_request_error", *NO_FILTERS, param="filters", code="filters_unsupported")
+def _filters(filters: dict | None, engine=None):
+    """The request's filters, checked (and, with ``engine``, checked to match some article) before any work."""
+    from .meta import Filters
+
+    try:
+        parsed = Filters.from_dict(filters)
+        if engine is not None:
+            engine.allowed_rows(parsed)
+    except BadInput as exc:
+        message = str(exc)
+        zh = message.split(" (no article")[0] if message.startswith("没有") else "筛选条件有误"
+        raise ApiError(400, "invalid_request_error", zh, message, param="filters",
+                       code="no_match" if message.startswith("没有") else None) from None
+    return parsed or None
 
 
 def _message_text(message: ChatMessage, where: str) -> str:
@@ -224,30 +236,33 @@ def build_server(index_dir: str | Path = "index", seeds: str | Path | None = "se
     @app.post("/api/ask", tags=["rest"])
     async def api_ask(body: AskRequest):
         """Answer a question with verbatim citations (the `rag ask --json` object)."""
-        _no_filters(body.filters)
+        _filters(body.filters)
         eng = engine()
+        filters = _filters(body.filters, eng)
         _checked(body.question, eng.settings, "question")
         ans = await run(body.mode or eng.settings.answer_mode, eng.ask, body.question, history=body.history,
-                        k=body.k, retriever=body.retriever, mode=body.mode)
+                        k=body.k, retriever=body.retriever, mode=body.mode, filters=filters)
         return ans.to_json()
 
     @app.post("/api/search", tags=["rest"])
     async def api_search(body: SearchRequest):
         """Find passages (the `rag search --json` object)."""
-        _no_filters(body.filters)
+        _filters(body.filters)
         eng = engine()
+        filters = _filters(body.filters, eng)
         _checked(body.query, eng.settings, "query")
-        hits = await run("search", eng.search, body.query, k=body.k, retriever=body.retriever)
+        hits = await run("search", eng.search, body.query, k=body.k, retriever=body.retriever, filters=filters)
         return {"query": body.query, "hits": [h.to_json() for h in hits]}
 
     @app.get("/api/articles", tags=["rest"])
     async def api_articles(source: str | None = None, paper: str | None = None, region: str | None = None,
                            since: str | None = None, until: str | None = None):
-        """The articles (the `rag articles --json` objects), optionally of one page file (`source`).
-        `paper`, `region`, `since`, `until` need page metadata the index does not have yet (400)."""
-        _no_filters({k: v for k, v in dict(paper=paper, region=region, since=since, until=until).items() if v})
+        """The articles (the `rag articles --json` objects), optionally of one page file (`source`) and
+        inside the filters `paper`, `region`, `since`, `until` (YYYY-MM-DD)."""
+        filters = _filters({k: v for k, v in dict(paper=paper, region=region, since=since, until=until).items() if v})
         arts = sorted(engine().index.articles.values(), key=lambda a: (a.source, a.article_id))
-        found = [a.to_json() for a in arts if source is None or a.source == source]
+        found = [a.to_json() for a in arts if (source is None or a.source == source)
+                 and (filters is None or filters.admits(a))]
         return {"count": len(found), "articles": found}
 
     @app.get("/api/articles/{article_id}", tags=["rest"])
@@ -281,11 +296,12 @@ def build_server(index_dir: str | Path = "index", seeds: str | Path | None = "se
         question = texts[-1]
         history = [t for m, t in zip(body.messages[:-1], texts[:-1]) if m.role == "user" and t.strip()]
         eng = engine()
+        filters = _filters(body.filters, eng)
         _checked(question, eng.settings, f"messages.{len(texts) - 1}.content")  # a 400, not an error mid-stream
         completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         cancel = threading.Event()
         job = run(mode, eng.ask, question, history=history, k=body.k, retriever=body.retriever, mode=mode,
-                  cancel=cancel)
+                  cancel=cancel, filters=filters)
         if not body.stream:
             ans = await job
             return {"id": completion_id, "object": "chat.completion", "created": created, "model": body.model,

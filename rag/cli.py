@@ -57,7 +57,7 @@ def _cmd_articles(args: argparse.Namespace) -> int:
             _print_json({"article_id": a.article_id, "title": a.title, "subtitle": a.subtitle,
                          "byline": a.byline, "source": a.source, "kind": a.kind,
                          "continuation": a.continuation, "provisional_title": a.provisional_title,
-                         "text": a.text})
+                         "text": a.text, **a.page_fields()})
         else:
             flags = "".join([" [图片说明]" if a.kind == "caption" else "", " [续]" if a.continuation else "",
                              " [暂定标题]" if a.provisional_title and a.kind == "article" else ""])
@@ -125,6 +125,14 @@ def _queries(arg: str | None):
             yield n, text, changed, None
 
 
+def _filters(args: argparse.Namespace):
+    """--paper, --region, --since, --until as Filters (None when none is given)."""
+    from .meta import Filters
+
+    f = Filters(paper=args.paper, region=args.region, since=args.since, until=args.until)
+    return f or None
+
+
 def _hit_json(h) -> dict:
     return h.to_json()  # the same object as POST /api/search
 
@@ -149,13 +157,14 @@ def _check_first(text: str | None) -> None:
 
 def _cmd_search(args: argparse.Namespace) -> int:
     _check_first(args.query)
+    _filters(args)  # since after until is said before the model loads
     engine = _engine(args)
     for line, query, normalised, error in _queries(args.query):
         batch = line > 0
         try:
             if error:
                 raise BadInput(error)
-            hits = engine.search(query, k=args.k, retriever=args.retriever)
+            hits = engine.search(query, k=args.k, retriever=args.retriever, filters=_filters(args))
         except BadInput as exc:
             if not batch:
                 raise
@@ -165,9 +174,11 @@ def _cmd_search(args: argparse.Namespace) -> int:
             _print_json({"query": query, "hits": [_hit_json(h) for h in hits],
                          **({"normalised": True} if normalised else {})})
         else:
+            from .meta import describe_source, name_local_city
+
             for h in hits:
-                print(f"[{h.rank}] {h.score:.4f}  {h.title}  ({h.source})")
-                print("    " + h.chunk.text.replace("\n", " ")[:160])
+                print(f"[{h.rank}] {h.score:.4f}  {h.title}  ({describe_source(h)})")
+                print("    " + name_local_city(h.chunk.text.replace("\n", " ")[:160], h.city))
     return 0
 
 
@@ -177,6 +188,7 @@ def _answer_json(ans) -> dict:
 
 def _cmd_ask(args: argparse.Namespace) -> int:
     _check_first(args.question)
+    _filters(args)
     engine = _engine(args)
     history: list[str] = []
     for line, question, normalised, error in _queries(args.question):
@@ -195,7 +207,7 @@ def _cmd_ask(args: argparse.Namespace) -> int:
                     drafted.append(piece)
                     print(piece, end="", file=sys.stderr, flush=True)
             ans = engine.ask(question, k=args.k, retriever=args.retriever,
-                             history=history if args.follow else None, on_delta=stream)
+                             history=history if args.follow else None, on_delta=stream, filters=_filters(args))
             if stream:
                 print(file=sys.stderr)
         except BadInput as exc:
@@ -214,10 +226,12 @@ def _cmd_ask(args: argparse.Namespace) -> int:
                 print(f"（{explain_fallback(ans)}。{ans.fallback_reason}）", file=sys.stderr)
             print(ans.answer)
             if ans.citations:
+                from .meta import describe_source, name_local_city
+
                 print("\n来源：")
                 for c in ans.citations:
-                    print(f"[{c.n}] 《{c.title}》 {c.source} 第{c.line}行")
-                    print(f"    “{c.excerpt}”")
+                    print(f"[{c.n}] 《{name_local_city(c.title, c.city)}》 {describe_source(c, c.line)}")
+                    print(f"    “{name_local_city(c.excerpt, c.city)}”")
     return 0
 
 
@@ -315,6 +329,16 @@ def _k_value(text: str) -> int:
     return k
 
 
+def _date_value(text: str) -> str:
+    """--since/--until: a YYYY-MM-DD calendar day (anything else is a usage error, exit 2)."""
+    from .meta import check_date
+
+    try:
+        return check_date(text, "date")
+    except BadInput as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("date ")) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="rag", description="本地政策新闻问答：从报纸版面重建文章，检索并带引用地回答问题。")
@@ -334,6 +358,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="extractive (default) or llm: the local model phrases the answer, checked against the sources")
         p.add_argument("--llm-model", default=None, metavar="PATH",
                        help="a GGUF file for llm mode (default: $RAG_LLM_MODEL, else the bundled Qwen2.5 1.5B)")
+
+    def filter_opts(p):
+        p.add_argument("--paper", default=None, help="only articles of this paper (as in pages.toml)")
+        p.add_argument("--region", default=None, help="only pages whose region or city contains this text")
+        p.add_argument("--since", type=_date_value, default=None, metavar="YYYY-MM-DD",
+                       help="only pages dated on or after this day")
+        p.add_argument("--until", type=_date_value, default=None, metavar="YYYY-MM-DD",
+                       help="only pages dated on or before this day")
 
     p = sub.add_parser("articles", help="list the articles rebuilt from the seed pages")
     p.add_argument("--seeds", default="seeds", help="folder of page files (default: seeds)")
@@ -361,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--retriever", **retr)
     p.add_argument("--no-rerank", action="store_true", help="plain fused ranking, no sentence-level rerank")
+    filter_opts(p)
     common(p)
     p.set_defaults(func=_cmd_search)
 
@@ -370,6 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--retriever", **retr)
     p.add_argument("--follow", action="store_true", help="in batch mode, treat the lines as one conversation")
+    filter_opts(p)
     llm_opts(p)
     common(p)
     p.set_defaults(func=_cmd_ask)

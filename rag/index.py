@@ -18,13 +18,16 @@ import numpy as np
 
 from .config import Settings
 from .errors import BadInput, IndexFormat, IndexNotFound, IndexStale
+from .meta import SIDECAR
 from .storage import file_checksums, make_temp_dir, read_lock, swap_into_place, verify_files
 from .types import Article, Chunk, article_from_dict, chunk_from_dict, to_dict
 from .zh import add_place_names, add_user_words, tokenize
 
-__all__ = ["FORMAT_VERSION", "Index", "write_index", "load_index", "seed_hashes", "stale_pages", "library_versions"]
+__all__ = ["FORMAT_VERSION", "Index", "write_index", "load_index", "seed_hashes", "sidecar_hash", "stale_pages", "library_versions"]
 
-FORMAT_VERSION = 2  # 2: the manifest lists every file with its size and sha256
+# 2: the manifest lists every file with its size and sha256; 3: articles carry their page's paper, date,
+# page, region and city
+FORMAT_VERSION = 3
 MANIFEST = "manifest.json"
 _UNCHECKED = (MANIFEST, "README.md")
 _SHAPING = ("chunk_sentences", "chunk_overlap", "chunk_max_chars")
@@ -64,6 +67,13 @@ class Index:
 def seed_hashes(pages: list[Path]) -> dict[str, str]:
     """sha256 of every page file, by file name."""
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in pages}
+
+
+def sidecar_hash(seeds: str | Path) -> str | None:
+    """sha256 of the seeds folder's page metadata (``pages.toml``), None without one; recorded in the
+    manifest so that editing the metadata makes the index stale too."""
+    path = Path(seeds) / SIDECAR
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
 def library_versions() -> dict[str, str]:
@@ -113,7 +123,8 @@ def _write_jsonl(path: Path, records) -> None:
 
 def write_index(out_dir: str | Path, *, articles: list[Article], chunks: list[Chunk], vectors: np.ndarray,
                 settings: Settings, model_name: str, seeds: dict[str, str], terms: list[str],
-                sentences: list[dict] | None = None, sentence_vectors: np.ndarray | None = None) -> Path:
+                sentences: list[dict] | None = None, sentence_vectors: np.ndarray | None = None,
+                page_meta_sha256: str | None = None) -> Path:
     """Write a complete index folder atomically (temporary sibling, then rename)."""
     import faiss
 
@@ -147,6 +158,7 @@ def write_index(out_dir: str | Path, *, articles: list[Article], chunks: list[Ch
             "dense_index": kind,
             "counts": {"pages": len(seeds), "articles": len(articles), "chunks": len(chunks)},
             "seeds": seeds,
+            "page_meta": {"file": SIDECAR, "sha256": page_meta_sha256},
             "sentences": {"count": len(sentences), "files": ["sentences.jsonl", "sentences.npy"]},
         }
         # last: every file written above, whatever it is, is listed and checked on load
@@ -247,6 +259,8 @@ def stale_pages(index_manifest: dict, pages: list[Path]) -> list[str]:
     now = seed_hashes(pages)
     changed = [n for n in now if built.get(n) != now[n]]
     removed = [n for n in built if n not in now]
+    if pages and sidecar_hash(pages[0].parent) != (index_manifest.get("page_meta") or {}).get("sha256"):
+        changed.append(SIDECAR)
     return sorted(changed + removed)
 
 

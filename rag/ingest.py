@@ -149,6 +149,8 @@ def list_pages(folder: str | Path) -> list[Path]:
             if why:
                 skipped.append(f"{p.name}: {why}")
             continue
+        if p.name == "pages.toml":  # the pages' metadata (rag.meta), not a page and not worth a line
+            continue
         why = page_name_problem(p.name) or (None if p.is_file() else "not a readable file (a broken link?)")
         if why is None:
             pages.append(p)

@@ -17,8 +17,9 @@ from .chunk import chunk_articles
 from .generate import explain_fallback
 from .config import INDEX_SETTINGS, Settings
 from .errors import BadInput, IndexFormat, IndexNotFound
-from .index import Index, check_fresh, load_index, seed_hashes, stale_pages, write_index
+from .index import Index, check_fresh, load_index, seed_hashes, sidecar_hash, stale_pages, write_index
 from .ingest import MAX_PAGE_CHUNKS, list_pages, page_name_problem, read_page
+from .meta import Filters, read_sidecar, page_meta
 from .query import resolve_followup
 from .retrieve import check_query
 from .score import ScoringParams
@@ -28,7 +29,7 @@ from .storage import writer_lock
 from .types import Answer, Article, Hit, to_dict
 from .zh import extract_terms
 
-__all__ = ["load_articles", "build_index", "add_pages", "index_status", "verify_index", "Engine", "get_engine", "explain_fallback"]
+__all__ = ["describe_collection", "load_articles", "build_index", "add_pages", "index_status", "verify_index", "Engine", "get_engine", "explain_fallback"]
 
 log = logging.getLogger("rag")
 
@@ -41,13 +42,15 @@ def load_articles(seeds: str | Path, *, pages: list[Path] | None = None) -> list
     '以考促改以改促治答好党风廉政建设“年度考卷”'
     """
     paths = pages if pages is not None else list_pages(seeds)
+    sidecar = read_sidecar(seeds)
     articles: list[Article] = []
     for path in paths:
         page = read_page(path)
         found = segment_page(page.text, page.name)
         if not found:
             raise BadInput(f"{page.name}: no article or caption could be read from this page")
-        articles.extend(found)
+        meta = page_meta(page.name, page.text, sidecar).fields()
+        articles.extend(replace(a, **meta) for a in found)
     return articles
 
 
@@ -132,7 +135,7 @@ def _build_index(seeds: str | Path, index_dir: str | Path, *, settings: Settings
     sentences, sentence_vectors = _sentences(articles, encoder)
     write_index(index_dir, articles=articles, chunks=chunks, vectors=vectors, settings=settings,
                 model_name=settings.model, seeds=seed_hashes(pages), terms=_terms(articles),
-                sentences=sentences, sentence_vectors=sentence_vectors)
+                sentences=sentences, sentence_vectors=sentence_vectors, page_meta_sha256=sidecar_hash(seeds))
     _engines.clear()
     return {"pages": len(pages), "articles": len(articles), "chunks": len(chunks),
             "seconds": round(time.perf_counter() - t0, 1), "index": str(index_dir)}
@@ -173,7 +176,9 @@ def _add_pages(files: list[str | Path], index_dir: str | Path, *, seeds: str | P
     paths = [Path(f) for f in files]
     new_articles = load_articles(seeds, pages=paths)  # validates every file before anything changes
     names = {p.name for p in paths}
-    kept_articles = [a for a in index.articles.values() if a.source not in names]
+    sidecar = read_sidecar(seeds)  # today's metadata for the kept pages too (a masthead date stays)
+    kept_articles = [replace(a, **{k: v for k, v in sidecar[a.source].fields().items() if v or k != "date"})
+                     if a.source in sidecar else a for a in index.articles.values() if a.source not in names]
     kept_ids = {a.article_id for a in kept_articles}
     rows = [i for i, c in enumerate(index.chunks) if c.article_id in kept_ids]
     old_vectors = index.vectors()[rows] if rows else index.vectors()[:0]
@@ -198,7 +203,7 @@ def _add_pages(files: list[str | Path], index_dir: str | Path, *, seeds: str | P
     sentences, sentence_vectors = _sentences(articles, encoder, old=index)
     write_index(index_dir, articles=articles, chunks=chunks, vectors=np.vstack([old_vectors, new_vectors]),
                 settings=settings, model_name=index.model, seeds=hashes, terms=_terms(articles),
-                sentences=sentences, sentence_vectors=sentence_vectors)
+                sentences=sentences, sentence_vectors=sentence_vectors, page_meta_sha256=sidecar_hash(seeds_dir))
     _engines.clear()
     return {"added_pages": sorted(names), "new_chunks": len(new_chunks), "reused_chunks": len(rows),
             "articles": len(articles), "chunks": len(chunks)}
@@ -259,23 +264,47 @@ class Engine:
         return np.stack([cache[q] for q in queries]) if queries else np.zeros((0, self.index.dimension), np.float32)
 
     def search(self, query: str, *, k: int | None = None, retriever: str | None = None,
-               scoring: ScoringParams | None = None, query_vector=None) -> list[Hit]:
-        """Hybrid (or BM25 / dense) search of the index, reranked with ``scoring`` (default: the fitted one)."""
+               scoring: ScoringParams | None = None, query_vector=None,
+               filters: Filters | dict | None = None) -> list[Hit]:
+        """Hybrid (or BM25 / dense) search of the index, reranked with ``scoring`` (default: the fitted one).
+
+        ``filters`` (paper, region, since, until) restrict the hits to the articles inside them, exactly.
+
+        Raises:
+            BadInput: a bad filter, or filters that no article of the index is inside (said in Chinese).
+        """
         mode = retriever or self.settings.retriever
+        allowed = self.allowed_rows(filters)
         vector = query_vector
         if vector is None and (mode != "bm25" or self.settings.rerank):
             vector = self.query_vectors([check_query(query, self.settings)])[0]
         return _search(self.index, query, k=self.settings.top_k if k is None else k, settings=self.settings,
-                       query_vector=vector, retriever=mode, scoring=scoring)
+                       query_vector=vector, retriever=mode, scoring=scoring, allowed=allowed)
+
+    def allowed_rows(self, filters: Filters | dict | None) -> "np.ndarray | None":
+        """The chunk rows of the articles inside ``filters`` (None: no filter)."""
+        import numpy as np
+
+        if filters is not None and not isinstance(filters, Filters):
+            filters = Filters.from_dict(filters)
+        if not filters:
+            return None
+        ids = {aid for aid, a in self.index.articles.items() if filters.admits(a)}
+        if not ids:
+            raise BadInput(f"没有符合筛选条件（{filters.describe()}）的文章。{describe_collection(self.index)} "
+                           f"(no article matches the filters)")
+        return np.array([i for i, c in enumerate(self.index.chunks) if c.article_id in ids], dtype=np.int64)
 
     def ask(self, question: str, *, history: list[str] | None = None, k: int | None = None,
             retriever: str | None = None, mode: str | None = None,
             on_delta: Callable[[str], None] | None = None, on_status: Callable[[dict], None] | None = None,
-            cancel: threading.Event | None = None, scoring: ScoringParams | None = None) -> Answer:
+            cancel: threading.Event | None = None, scoring: ScoringParams | None = None,
+            filters: Filters | dict | None = None) -> Answer:
         """Answer a question from the index, with verbatim citations, or refuse.
 
         ``history`` holds the earlier questions of the conversation, oldest first; a follow-up
-        ("那西宁呢？") is resolved against them before retrieval. ``mode`` "llm" has the local model
+        ("那西宁呢？") is resolved against them before retrieval. ``filters`` (paper, region, since,
+        until) restrict the sources, as in ``search``. ``mode`` "llm" has the local model
         phrase the answer (checked against the sources; ``on_delta`` receives its text as it streams,
         ``on_status`` the model's queue state, and setting ``cancel`` stops it).
 
@@ -289,7 +318,7 @@ class Engine:
         q = check_query(question, self.settings)
         resolved = resolve_followup(q, [h for h in (history or []) if isinstance(h, str)])
         vector = self.query_vectors([check_query(resolved, self.settings)])[0]
-        hits = self.search(resolved, k=k, retriever=retriever, scoring=scoring, query_vector=vector)
+        hits = self.search(resolved, k=k, retriever=retriever, scoring=scoring, query_vector=vector, filters=filters)
         t1 = time.perf_counter()
         answer = compose_answer(self.index, q, hits, self.settings, retrieval_query=resolved, query_vector=vector,
                                 scoring=scoring)
@@ -303,7 +332,30 @@ class Engine:
             timings.update(answer.timings_ms)
         timings["total_ms"] = round((time.perf_counter() - t0) * 1000, 1)
         extra = {"resolved_question": resolved} if resolved != q else {}
-        return replace(answer, timings_ms=timings, **extra)
+        return replace(self.with_page_fields(answer), timings_ms=timings, **extra)
+
+    def with_page_fields(self, answer: Answer) -> Answer:
+        """The answer with each citation and related article carrying its page's paper, date, page, region."""
+        arts = self.index.articles
+        cites = tuple(replace(c, **arts[c.article_id].page_fields()) if c.article_id in arts else c
+                      for c in answer.citations)
+        related = tuple({**r, **arts[r["article_id"]].page_fields()} if r.get("article_id") in arts else r
+                        for r in answer.related)
+        return replace(answer, citations=cites, related=related)
+
+
+def describe_collection(index: Index) -> str:
+    """What the index covers, in Chinese: its papers, regions and date range (what filters can pick)."""
+    arts = list(index.articles.values())
+    papers = sorted({a.paper for a in arts if a.paper})
+    regions = sorted({a.region for a in arts if a.region})
+    dates = sorted({a.date for a in arts if a.date})
+    pages = len({a.source for a in arts})
+    out = [f"资料库共 {pages} 个版面、{len(arts)} 篇文章"]
+    out.append("报纸：" + ("、".join(f"《{p}》" for p in papers) if papers else "版面未注明"))
+    out.append("地区：" + ("、".join(regions) if regions else "未注明"))
+    out.append("日期：" + (f"{dates[0]} 至 {dates[-1]}" if dates else "版面未注明"))
+    return "；".join(out) + "。"
 
 
 _engines: dict[tuple, Engine] = {}

@@ -41,22 +41,32 @@ def check_k(k: object) -> int:
     return k
 
 
-def dense_ranking(index: Index, query_vector: np.ndarray, n: int) -> list[tuple[int, float]]:
-    """(chunk row, cosine) pairs, best first."""
-    if index.dense.ntotal == 0:
+def dense_ranking(index: Index, query_vector: np.ndarray, n: int,
+                  allowed: np.ndarray | None = None) -> list[tuple[int, float]]:
+    """(chunk row, cosine) pairs, best first; only rows in ``allowed`` (a filter) when it is given."""
+    if index.dense.ntotal == 0 or (allowed is not None and not len(allowed)):
         return []
+    extra = {}
+    if allowed is not None:  # FAISS skips the other rows inside the search, so the filter is exact
+        import faiss
+
+        extra["params"] = faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed))
     scores, rows = index.dense.search(np.ascontiguousarray(query_vector.reshape(1, -1), dtype=np.float32),
-                                      min(n, index.dense.ntotal))
+                                      min(n, index.dense.ntotal), **extra)
     return [(int(r), float(s)) for r, s in zip(rows[0], scores[0]) if r >= 0]
 
 
-def bm25_ranking(index: Index, query: str, n: int) -> list[tuple[int, float]]:
-    """(chunk row, BM25 score) pairs with a positive score, best first."""
+def bm25_ranking(index: Index, query: str, n: int, allowed: np.ndarray | None = None) -> list[tuple[int, float]]:
+    """(chunk row, BM25 score) pairs with a positive score, best first; only rows in ``allowed`` if given."""
     vocab = index.bm25.vocab_dict
     ids = [vocab[t] for t in tokenize(query) if t in vocab]
     if not ids:
         return []
     scores = index.bm25.get_scores_from_ids(ids)
+    if allowed is not None:
+        kept = np.zeros_like(scores)
+        kept[allowed] = scores[allowed]
+        scores = kept
     top = np.argsort(-scores, kind="stable")[:n]
     return [(int(r), float(scores[r])) for r in top if scores[r] > 0]
 
@@ -90,14 +100,14 @@ def _dedupe(index: Index, ranked: list[tuple[int, float]], k: int) -> list[tuple
 
 
 def fused_ranking(index: Index, query: str, *, settings: Settings, query_vector: np.ndarray | None,
-                  retriever: str, n: int) -> list[tuple[int, float]]:
+                  retriever: str, n: int, allowed: np.ndarray | None = None) -> list[tuple[int, float]]:
     """(chunk row, fused score) pairs of the dense and/or BM25 rankings, best first, before the rerank."""
     rankings, weights = [], []
     if retriever in ("hybrid", "dense"):
-        rankings.append(dense_ranking(index, query_vector, n))
+        rankings.append(dense_ranking(index, query_vector, n, allowed))
         weights.append(settings.dense_weight)
     if retriever in ("hybrid", "bm25"):
-        rankings.append(bm25_ranking(index, query, n))
+        rankings.append(bm25_ranking(index, query, n, allowed))
         weights.append(settings.bm25_weight)
     if len(rankings) == 1:
         return rankings[0]
@@ -106,11 +116,12 @@ def fused_ranking(index: Index, query: str, *, settings: Settings, query_vector:
 
 def search(index: Index, query: str, *, k: int = 5, settings: Settings | None = None,
            query_vector: np.ndarray | None = None, retriever: str | None = None,
-           scoring: ScoringParams | None = None) -> list[Hit]:
+           scoring: ScoringParams | None = None, allowed: np.ndarray | None = None) -> list[Hit]:
     """The top ``k`` chunks for a query, by the configured retriever (hybrid, bm25 or dense), reranked
     by the probability that their best sentence answers the question (``rag.score``).
 
-    ``query_vector`` is the encoded query (needed unless the retriever is bm25 without rerank).
+    ``query_vector`` is the encoded query (needed unless the retriever is bm25 without rerank);
+    ``allowed`` the chunk rows a filter leaves (None: all), searched exactly.
     """
     settings = settings or index.settings
     mode = retriever or settings.retriever
@@ -122,7 +133,7 @@ def search(index: Index, query: str, *, k: int = 5, settings: Settings | None = 
     if (mode in ("hybrid", "dense") or settings.rerank) and query_vector is None:
         raise ValueError("dense retrieval and the rerank need the query vector")
     ranked = fused_ranking(index, q, settings=settings, query_vector=query_vector, retriever=mode,
-                           n=max(settings.candidates, 4 * k))
+                           n=max(settings.candidates, 4 * k), allowed=allowed)
     evidence = []
     if settings.rerank:
         depth = [(row, rank) for rank, (row, _) in enumerate(ranked[: params.rerank_depth], start=1)]
@@ -132,7 +143,8 @@ def search(index: Index, query: str, *, k: int = 5, settings: Settings | None = 
     for rank, (row, score) in enumerate(_dedupe(index, ranked, k), start=1):
         chunk = index.chunks[row]
         art = index.articles[chunk.article_id]
-        hits.append(Hit(rank=rank, score=round(float(score), 6), chunk=chunk, title=art.title, source=art.source))
+        hits.append(Hit(rank=rank, score=round(float(score), 6), chunk=chunk, title=art.title, source=art.source,
+                        **art.page_fields()))
     if evidence:
         remember_evidence(index, q, hits, evidence)
     return hits

@@ -5,10 +5,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["Segment", "Article", "Chunk", "Hit", "Citation", "Answer", "to_dict", "article_from_dict",
+__all__ = ["PAGE_FIELDS", "Segment", "Article", "Chunk", "Hit", "Citation", "Answer", "to_dict", "article_from_dict",
            "chunk_from_dict"]
 
 Kind = Literal["article", "caption"]
+PAGE_FIELDS = ("paper", "date", "page", "region", "city")
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,16 @@ class Article:
     continuation: bool = False
     provisional_title: bool = False
     segments: tuple[Segment, ...] = ()
+    # the page's metadata (rag.meta): None where neither pages.toml nor the page says
+    paper: str | None = None
+    date: str | None = None  # YYYY-MM-DD
+    page: str | None = None
+    region: str | None = None
+    city: str | None = None  # the city its 我市/本市/全市 mean
+
+    def page_fields(self) -> dict[str, str | None]:
+        """paper, date, page, region and city of the article's page (what hits and citations carry)."""
+        return {k: getattr(self, k) for k in PAGE_FIELDS}
 
     def to_json(self) -> dict:
         """The article as ``rag articles --json`` and ``GET /api/articles`` print it (no raw-line map)."""
@@ -78,12 +89,18 @@ class Hit:
     chunk: Chunk
     title: str
     source: str
+    paper: str | None = None
+    date: str | None = None
+    page: str | None = None
+    region: str | None = None
+    city: str | None = None
 
     def to_json(self) -> dict:
         """The hit as ``rag search --json`` and ``POST /api/search`` print it (the chunk flattened in)."""
         return {"rank": self.rank, "score": self.score, "chunk_id": self.chunk.chunk_id,
                 "article_id": self.chunk.article_id, "title": self.title, "source": self.source,
-                "text": self.chunk.text}
+                "text": self.chunk.text, "paper": self.paper, "date": self.date, "page": self.page,
+                "region": self.region, "city": self.city}
 
 
 @dataclass(frozen=True)
@@ -98,6 +115,11 @@ class Citation:
     start: int
     end: int
     line: int
+    paper: str | None = None
+    date: str | None = None
+    page: str | None = None
+    region: str | None = None
+    city: str | None = None
 
 
 @dataclass(frozen=True)

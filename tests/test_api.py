@@ -145,13 +145,26 @@ def test_rest_articles_are_the_cli_json(open_server):
     assert _error(missing, 404)["param"] == "article_id"
 
 
-def test_filters_are_refused_until_pages_have_metadata(open_server):
+def test_filters_restrict_every_route_and_say_when_nothing_matches(open_server):
     with open_server.client() as http:
+        hits = http.post("/api/search", json={"query": "人才", "k": 10, "filters": {"region": "海西"}}).json()["hits"]
+        assert hits and {h["region"] for h in hits} == {"海西州"}
+        assert {h["source"] for h in hits} == {"003_a3fa46dbc4287a89.txt"}
+        # 格尔木's ranking is not on the 鄂尔多斯 page: the answer may only cite that page, or decline
+        ans = http.post("/api/ask", json={"question": Q, "filters": {"region": "鄂尔多斯"}}).json()
+        assert "128" not in ans["answer"]
+        assert all(c["region"] == "鄂尔多斯" for c in ans["citations"] + ans["related"])
+        listing = http.get("/api/articles", params={"region": "格尔木"}).json()
+        assert listing["count"] and {a["region"] for a in listing["articles"]} == {"格尔木"}
+        # the seed pages print no date and no paper: such filters match nothing, and it is said in Chinese
         for r in (http.post("/api/ask", json={"question": Q, "filters": {"paper": "海西日报"}}),
-                  http.post("/api/search", json={"query": Q, "filters": {"since": "2023-01-01"}}),
-                  http.get("/api/articles", params={"region": "格尔木"})):
+                  http.post("/api/search", json={"query": Q, "filters": {"since": "2023-01-01"}})):
             err = _error(r, 400)
-            assert err["param"] == "filters" and "no page metadata" in err["message"]
+            assert err["param"] == "filters" and err["code"] == "no_match"
+            assert "没有符合筛选条件" in err["message"] and "地区：" in err["message"]
+        bad = _error(http.post("/api/search", json={"query": Q, "filters": {"since": "2023-13-01"}}), 400)
+        assert bad["param"] == "filters" and "2023-13-01" in bad["message"]
+        assert "paper" in _error(http.post("/api/search", json={"query": Q, "filters": {"papr": "x"}}), 400)["message"]
         assert http.post("/api/ask", json={"question": Q, "filters": {}}).status_code == 200
 
 

@@ -16,7 +16,7 @@ from rag.ingest import list_pages
 from rag.pipeline import add_pages, build_index, get_engine, index_status
 from rag.zh import tokenize
 
-from .conftest import DATA, SEEDS
+from .conftest import DATA, SEEDS, run_cli
 
 
 def test_index_folder_holds_plain_files_with_a_manifest(index_dir):
@@ -106,6 +106,35 @@ def test_other_model_or_format_is_refused_with_what_to_run(index_dir, tmp_path):
     (old / "manifest.json").write_text(json.dumps(m), encoding="utf-8")
     with pytest.raises(IndexFormat, match="format version 0"):
         load_index(old)
+
+
+def test_an_index_of_the_previous_format_says_rebuild_in_every_front_end(index_dir, tmp_path):
+    """Format 2 had no page metadata: the CLI says to rebuild, in one line, with no traceback."""
+    old = tmp_path / "v2"
+    shutil.copytree(index_dir, old)
+    m = json.loads((old / "manifest.json").read_text(encoding="utf-8"))
+    m["format_version"] = 2
+    (old / "manifest.json").write_text(json.dumps(m), encoding="utf-8")
+    out = run_cli("ask", "格尔木的开发区在全国排第几？", "--index", str(old))
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "format version 2" in out.stderr and "rebuild it with `rag index`" in out.stderr
+
+
+def test_articles_carry_their_pages_metadata(engine):
+    arts = engine.index.articles.values()
+    assert {a.region for a in arts if a.source == "003_a3fa46dbc4287a89.txt"} == {"海西州"}
+    assert {a.city for a in arts if a.source == "004_03d7d0636abde70e.txt"} == {"格尔木"}
+    assert all(a.paper is None and a.date is None for a in arts)  # the seed pages print neither
+
+
+def test_editing_the_page_metadata_makes_the_index_stale(index_dir, tmp_path):
+    seeds = tmp_path / "seeds"
+    shutil.copytree(SEEDS, seeds)
+    assert index_status(seeds, index_dir) == "fresh"
+    with (seeds / "pages.toml").open("a", encoding="utf-8") as f:
+        f.write('\n["005_new.txt"]\nregion = "西宁"\n')
+    with pytest.raises(IndexStale, match="pages.toml"):
+        check_fresh(load_index(index_dir), list_pages(seeds))
 
 
 def test_stale_index_is_detected(index_dir, tmp_path):
