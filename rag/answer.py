@@ -143,14 +143,18 @@ def _partial(index: Index, question: str, query: str, ev: Evidence, hits: list[H
     info = analyze_question(query)
     start, end, text = _excerpt(ev.text, ev.start)
     about = "".join(p for p in ev.about_places if p not in ev.missing_places)
-    about += "".join(f"{y}年" for y in ev.about_years if y not in ev.missing_years)
-    asked = "".join(_surface(query, p) for p in ev.missing_places) + "".join(f"{y}年" for y in ev.missing_years)
+    about += "".join(_year(y) for y in ev.about_years if y not in ev.missing_years)
+    asked = "".join(_surface(query, p) for p in ev.missing_places) + "".join(_year(y) for y in ev.missing_years)
     thing = {"count": "数字", "rank": "排名", "date": "日期"}.get(info.kind, "信息")
     head = f"资料中只有{about}的相关内容：" if about else "资料中只有以下相关内容："
     cite = make_citation(1, index, ev.article_id, start, end)
     text = f"{head}{text.rstrip('。！？!?')}[1]，没有{asked}的{thing}。"
     related = refusal(question, hits).related
     return Answer(question=question, answer=text, refused=False, citations=(cite,), related=related, partial=True)
+
+
+def _year(y: str) -> str:
+    return f"{y}年" if y.isdigit() else y  # "2023" -> 2023年; "去年" stays
 
 
 def _surface(query: str, key: str) -> str:

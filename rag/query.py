@@ -5,7 +5,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .zh import MEASURE_WORDS, fold_width, numbers_in, place_names, words, years_in
+from .zh import MEASURE_WORDS, fold_width, numbers_in, place_names, relative_years, words, years_in
 
 __all__ = ["QuestionInfo", "analyze_question", "SOFT_TERMS", "is_followup", "resolve_followup"]
 
@@ -35,7 +35,7 @@ class QuestionInfo:
     measure: str  # the measure word after 多少/几 ("个", "名", ...), or ""
     numbers: tuple[str, ...]
     places: tuple[str, ...] = ()  # places the question names (zh.place_key form: "德令哈", "海西")
-    years: tuple[str, ...] = ()  # years it names ("2023")
+    years: tuple[str, ...] = ()  # years it names ("2023", or relative to the paper: "去年")
 
 
 @lru_cache(maxsize=1024)
@@ -67,7 +67,8 @@ def analyze_question(question: str) -> QuestionInfo:
     bare = set(numbers_in(q))
     terms = tuple(dict.fromkeys(t for t in words(q) if t not in _QUESTION_WORDS and t not in bare
                                 and "几" not in t and not (len(t) == 1 and (t in _WEAK_CHARS or not t.isalnum()))))
-    return QuestionInfo(question, terms, kind, measure, numbers, tuple(place_names(q)), tuple(years_in(q)))
+    return QuestionInfo(question, terms, kind, measure, numbers, tuple(place_names(q)),
+                        tuple(years_in(q) + relative_years(q)))
 
 
 # Generic question nouns: they say what kind of answer is wanted, not what it is about.
@@ -107,6 +108,12 @@ def resolve_followup(question: str, history: list[str]) -> str:
         year_new, year_old = re.search(r"20\d\d年?", new), re.search(r"20\d\d年?", prev)
         if year_new and year_old:  # "那2022年呢？": the same question for another year
             return prev.replace(year_old.group(0), year_new.group(0), 1)
+        back = {"去年": 1, "前年": 2}.get(new)
+        if back and year_old:  # "去年呢？" after a 2023 question: the year before the one asked about
+            y = int(year_old.group(0)[:4]) - back
+            return prev.replace(year_old.group(0), f"{y}年" if year_old.group(0).endswith("年") else str(y), 1)
+        if back:  # a time, not a place: "去年呢？" after "海西…多少？" asks 海西's figure of 去年
+            return f"{new}{prev}"
         place = _place_in(prev)
         if place and new and place not in new:
             return prev.replace(place, new, 1)

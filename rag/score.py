@@ -25,10 +25,10 @@ import numpy as np
 
 from .query import SOFT_TERMS, QuestionInfo, analyze_question
 from .zh import (MEASURE_WORDS, add_place_names, fold_width, local_place_names, place_key, place_names,
-                 split_sentences, years_in)
+                 relative_years, split_sentences, years_in)
 
 __all__ = ["FEATURES", "ScoringParams", "load_scoring", "save_scoring", "Evidence", "Judgement", "fact_match",
-           "term_coverage", "place_check", "year_check", "describe_sentences", "gather_evidence", "rerank",
+           "term_coverage", "place_check", "year_check", "relative_year_check", "describe_sentences", "gather_evidence", "rerank",
            "judge", "fit_logistic", "SCORING_FILE", "term_weights", "coverage", "remember_evidence", "evidence_of_hits"]
 
 FEATURES = ("coverage", "similarity", "fact", "place", "year", "prior", "passage", "similarity_gap", "coverage_gap")
@@ -255,6 +255,21 @@ def year_check(asked: tuple[str, ...], sentence_years: tuple[str, ...], article_
     return tuple(missing)
 
 
+def relative_year_check(asked: tuple[str, ...], sentence_relative: tuple[str, ...], sentence_years: tuple[str, ...],
+                        article_relative: tuple[str, ...]) -> tuple[str, ...]:
+    """The asked relative years ("去年", "前年") the evidence does not speak for: a sentence saying
+    another one ("前年" for 去年) does not, nor one without any year in an article that never says
+    it; a sentence with a written year may (the paper's date is unknown, 2023年 may be 去年)."""
+    missing = []
+    for y in asked:
+        if sentence_relative:
+            if y not in sentence_relative:
+                missing.append(y)
+        elif not sentence_years and y not in article_relative:
+            missing.append(y)
+    return tuple(missing)
+
+
 def _fold(text: str) -> str:
     """Width-folded and lower-cased, keeping every character's offset."""
     low = fold_width(text).lower()
@@ -302,6 +317,13 @@ class SentenceTable:
             self.article_years[aid] = tuple(years_in(art.title + "\n" + art.text))
         # width-folded, lower-cased title and text (length-preserving, so text offsets still hold)
         self.folded = {aid: _fold(art.title + "\n" + art.text) for aid, art in articles.items()}
+
+    def relative_years(self, article_id: str) -> tuple[str, ...]:
+        """The relative years ("去年", "前年") an article's text names."""
+        cache = self.__dict__.setdefault("_relative", {})
+        if article_id not in cache:
+            cache[article_id] = tuple(relative_years(self.folded.get(article_id, "")))
+        return cache[article_id]
 
     def chunk_vector(self, index, row: int) -> np.ndarray:
         """The passage vector of chunk ``row`` (read back from FAISS once)."""
@@ -429,6 +451,8 @@ def gather_evidence(index, query: str, query_vector: np.ndarray, ranked: list[tu
     weights = term_weights(info, idf, unknown_idf=unknown_idf, corpus=corpus)
     asked_places = info.places + _foreign_places(query, corpus, info.places)
     windows = info.kind in ("count", "rank", "date")
+    explicit_years = tuple(y for y in info.years if y.isdigit())
+    relative = tuple(y for y in info.years if not y.isdigit())
     seen: set[tuple[str, int, int]] = set()
     out: list[Evidence] = []
     for row, rank in ranked:
@@ -447,7 +471,10 @@ def gather_evidence(index, query: str, query_vector: np.ndarray, ranked: list[tu
             s_places = facts.places if facts else ()
             s_years = facts.years if facts else ()
             miss_p = place_check(asked_places, s_places, a_places)
-            miss_y = year_check(info.years, s_years, a_years)
+            miss_y = year_check(explicit_years, s_years, a_years)
+            if relative:
+                miss_y += relative_year_check(relative, tuple(relative_years(art.text[a0:a1])), s_years,
+                                              table.relative_years(art.article_id))
             for w0, w1 in (_windows(art.text, a0, a1) if windows else [(a0, a1)]):
                 if (art.article_id, w0, w1) in seen:
                     continue

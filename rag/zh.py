@@ -11,7 +11,7 @@ from typing import Iterable
 __all__ = [
     "is_han", "is_cjk_punct", "TERMINAL", "MEASURE_WORDS", "ends_sentence", "split_sentences", "fold_width",
     "tokenize", "words", "add_user_words", "char_bigrams", "bigram_share", "extract_terms", "numbers_in", "STOPWORDS",
-    "place_names", "place_key", "years_in", "local_place_names", "add_place_names", "spans_word", "to_fullwidth_punct", "cut_words",
+    "place_names", "place_key", "years_in", "relative_years", "RELATIVE_YEARS", "local_place_names", "add_place_names", "spans_word", "to_fullwidth_punct", "cut_words",
 ]
 
 _HAN_RANGES = ((0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF), (0x20000, 0x2FA1F))
@@ -210,8 +210,13 @@ def _places_in_tokens(toks: list[tuple[str, str]], known: set[str]) -> list[str]
         name = ""
         if w in known or w in PROVINCES:
             name = w
-        elif flag == "ns" and len(w) >= 3 and w[-1] in PLACE_SUFFIXES:
+        elif len(w) >= 3 and w[-1] in PLACE_SUFFIXES and (
+                flag == "ns" or (flag in _NAMEISH and w[-1] in "州县区旗") or w[-1] == "县"):
+            # jieba tags many county and district names as person names ("武侯区" nr) or, for a
+            # county, as a common noun ("民权县" n); no common word ends in 县
             name = w
+        elif len(w) >= 4 and w[2] in "省市州" and (w[:2] in PROVINCES or w[:2] in known):
+            name = w[:2]  # an organ of a place: "甘肃省委", "海西州委"
         elif len(nxt) == 1 and nxt in PLACE_SUFFIXES and nxt not in "村镇乡" and flag in _NAMEISH:
             name = w + nxt
         if name and not _GENERIC_PLACE.match(name) and not _GENERIC_PLACE.match(place_key(name)):
@@ -232,6 +237,16 @@ def place_names(text: str) -> list[str]:
 
     toks = [(p.word, p.flag) for p in pseg.lcut(fold_width(text), HMM=False)]
     return list(dict.fromkeys(place_key(n) for n in _places_in_tokens(toks, _places)))
+
+
+RELATIVE_YEARS = ("前年", "去年")
+_RELATIVE_YEAR_RE = re.compile(r"(?<![目当提])前年|(?<!过)去年")  # not 目前年产, 过去年代
+
+
+def relative_years(text: str) -> list[str]:
+    """The years a text names relative to when it was written: "去年", "前年" ("今年" is every news
+    story's default and is not a constraint)."""
+    return list(dict.fromkeys(m.group(0) for m in _RELATIVE_YEAR_RE.finditer(text)))
 
 
 def years_in(text: str) -> list[str]:

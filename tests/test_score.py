@@ -11,8 +11,8 @@ from rag.answer import list_items
 from rag.evaluate import gold_spans, load_qa
 from rag.query import analyze_question, resolve_followup
 from rag.score import (FEATURES, Evidence, ScoringParams, fact_match, fit_logistic, judge, load_scoring, place_check,
-                       save_scoring, term_coverage, year_check)
-from rag.zh import add_place_names, local_place_names, place_key, place_names, years_in
+                       relative_year_check, save_scoring, term_coverage, year_check)
+from rag.zh import add_place_names, local_place_names, place_key, place_names, relative_years, years_in
 
 
 CORPUS = ["西宁市锂电产业集聚区建设提速，深度融入全国市场。", "海西州德令哈市、都兰县、格尔木市和海东市的干部来到全市各区。"]
@@ -40,6 +40,10 @@ def test_local_place_names_come_from_the_corpus_by_rule():
     ("全省共选聘6845名普查员", []),
     ("青海省西宁市", ["青海", "西宁"]),
     ("都兰县组织党员干部下沉一线", ["都兰"]),
+    ("武侯区社区夜校每门课收费多少？", ["武侯"]),        # jieba tags the district a person name
+    ("民权县今年集中供热从哪天开始？", ["民权"]),        # and the county a common noun
+    ("甘肃省委书记带头捐款", ["甘肃"]),                 # an organ of a province names it
+    ("居住区和工业区的路灯", []),                       # common nouns before 区 are no places
 ])
 def test_place_names(text, places):
     assert place_names(text) == places
@@ -81,6 +85,27 @@ def test_place_check(asked, sentence, article, missing):
 ])
 def test_year_check(asked, sentence, article, missing):
     assert year_check(asked, sentence, article) == missing
+
+
+@pytest.mark.parametrize("text, years", [
+    ("去年湿地博物馆共接待游客46.3万人次", ["去年"]),
+    ("前年张掖湿地博物馆接待了多少游客？", ["前年"]),
+    ("目前年产碳酸锂5万吨，过去年代", []),
+    ("今年新增就业4.2万人", []),                          # this year is every story's default
+])
+def test_relative_years(text, years):
+    assert relative_years(text) == years
+
+
+@pytest.mark.parametrize("asked, sentence_rel, sentence_years, article_rel, missing", [
+    (("前年",), ("去年",), (), ("去年",), ("前年",)),      # the sentence says another relative year
+    (("去年",), ("去年",), (), (), ()),
+    (("去年",), (), (), (), ("去年",)),                   # no year here, and the article never says 去年
+    (("去年",), (), (), ("去年",), ()),                   # the article's 去年 covers the sentence
+    (("去年",), (), ("2023",), (), ()),                   # 2023年 may be 去年: the paper's date is unknown
+])
+def test_relative_year_check(asked, sentence_rel, sentence_years, article_rel, missing):
+    assert relative_year_check(asked, sentence_rel, sentence_years, article_rel) == missing
 
 
 @pytest.mark.parametrize("question, sentence, expected", [
@@ -176,6 +201,8 @@ def test_gold_spans_tolerate_repair_changes(text, gold, found):
 @pytest.mark.parametrize("question, previous, expected", [
     ("那西宁呢？", ["格尔木的开发区在全国排第几？"], "西宁的开发区在全国排第几？"),
     ("那2022年呢？", ["海西州2023年村集体平均收益是多少？"], "海西州2022年村集体平均收益是多少？"),
+    ("去年呢？", ["2023年海西村均集体经济收益多少？"], "2022年海西村均集体经济收益多少？"),  # the year before
+    ("去年呢？", ["海西村均集体经济收益多少？"], "去年海西村均集体经济收益多少？"),    # a time, not a place
 ])
 def test_follow_ups_substitute_the_entity(question, previous, expected):
     assert resolve_followup(question, previous) == expected
