@@ -128,6 +128,7 @@ def test_fact_match(question, sentence, expected):
     ("西宁实现锂电池产能32.5吉瓦时", "", 1.0),
     ("实现锂电池产能32.5吉瓦时", "西宁", (3 + 2 + 0.5 * 2) / 7),   # a term only in the article counts half
     ("格尔木发放奖励资金146万元", "", 0.0),
+    ("宁夏电池产能", "", (0.5 * 2 * 0.5 + 0.5 * 3 * 2 / 3 + 2) / 7),  # characters of a term count, at most half
 ])
 def test_term_coverage(text, context, expected):
     idf = {"西宁": 2.0, "锂电池": 3.0, "产能": 2.0}
