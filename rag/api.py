@@ -366,7 +366,7 @@ def _mount_chat(app: FastAPI, index_dir: Path, seeds, settings: Settings | None,
     """The Gradio chat at ``/``; with a key, a login whose password is the key (any user name)."""
     import gradio as gr
 
-    from .ui import CSS, build_app
+    from .ui import CSS, HEAD, build_app
 
     demo = build_app(index_dir, seeds, settings)
     auth = None
@@ -378,7 +378,41 @@ def _mount_chat(app: FastAPI, index_dir: Path, seeds, settings: Settings | None,
 
     gr.mount_gradio_app(app, demo, path="/", auth=auth, auth_message="请输入访问密钥（用户名任意） / enter the API key as "
                         "password (any user name)", show_error=False, ssr_mode=False, css=CSS,
-                        theme=gr.themes.Soft(), max_file_size=options.max_body_bytes)
+                        theme=gr.themes.Soft(), max_file_size=options.max_body_bytes, footer_links=[])
+    app.add_middleware(ChinesePage, head=HEAD)
+
+
+class ChinesePage:
+    """The chat's HTML page as a Chinese page: ``<html lang="zh-CN">``, and ``head`` (rag.ui.HEAD) put
+    first into its <head>, before Gradio's scripts choose their interface language."""
+
+    def __init__(self, app, head: str):
+        self.app, self.head = app, head.encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "GET" or scope["path"] != "/":
+            return await self.app(scope, receive, send)
+        start, chunks = None, []
+
+        async def buffered(message):
+            nonlocal start
+            if message["type"] == "http.response.start":
+                start = message
+                return None
+            if message["type"] != "http.response.body":
+                return await send(message)
+            chunks.append(message.get("body", b""))
+            if message.get("more_body"):
+                return None
+            body = b"".join(chunks)
+            headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+            if any(k.lower() == b"content-type" and v.startswith(b"text/html") for k, v in headers):
+                body = re.sub(rb'<html(\s+)lang="en"', rb'<html\1lang="zh-CN"', body, count=1)
+                body = body.replace(b"<head>", b"<head>" + self.head, 1)
+            await send({**start, "headers": headers + [(b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+
+        await self.app(scope, receive, buffered)
 
 
 def serve(index_dir: str | Path = "index", seeds: str | Path | None = "seeds", *, host: str = "127.0.0.1",

@@ -2,20 +2,21 @@
 and a named API endpoint ``ask``. No retrieval logic lives here."""
 from __future__ import annotations
 
-import html
+import dataclasses
 import logging
 import os
 import queue
-import re
 import threading
 import time
 from pathlib import Path
 
+from .chatview import chinese_message, link_markers, md_text, page_label, parse_cite_key, source_block
 from .config import Settings
-from .errors import RagError
+from .errors import BadInput, RagError
+from .meta import Filters, describe_source
 from .pipeline import explain_fallback
 
-__all__ = ["build_app", "serve", "EXAMPLES"]
+__all__ = ["build_app", "serve", "EXAMPLES", "HEAD", "CSS"]
 
 log = logging.getLogger("rag")
 
@@ -28,24 +29,47 @@ EXAMPLES = [
     "青海五经普登记工作什么时候开始？",
     "急需紧缺人才目录一共征集了多少人才需求？",
 ]
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~>])")
 CSS = """
-#answer-sources .wrap { gap: 4px; }
 .rag-note { color: #666; font-size: 0.9em; }
+#examples button { flex: 0 1 auto; }
+#filters { gap: 6px; }
 """
+# Put into the page's <head> before Gradio's own scripts (rag.api rewrites the page): Gradio picks its
+# interface language from the browser's, so the browser's is said to be Chinese (the page is, whatever the
+# browser); a click on an answer's [n] (a link to #cite-TURN-I) asks the server for that source's article,
+# which is then scrolled to its highlighted excerpt.
+HEAD = """<script>
+(function () {
+  try {
+    Object.defineProperty(Navigator.prototype, "language", {get: function () { return "zh-CN"; }, configurable: true});
+    Object.defineProperty(Navigator.prototype, "languages", {get: function () { return ["zh-CN", "zh"]; }, configurable: true});
+  } catch (e) {}
+  document.documentElement.lang = "zh-CN";
+  window.ragScrollToExcerpt = function (target) {
+    var head = (target || "").slice(0, 12), tries = 60;
+    (function look() {
+      var marks = document.querySelectorAll("#article-view .token.highlighted, #article-view mark");
+      for (var i = 0; i < marks.length; i++) {
+        if (!head || marks[i].textContent.indexOf(head) >= 0) { marks[i].scrollIntoView({block: "center"}); return; }
+      }
+      if (tries-- > 0) setTimeout(look, 100);
+    })();
+  };
+  document.addEventListener("click", function (ev) {
+    var a = ev.target.closest ? ev.target.closest("a[href*='#cite-']") : null;
+    if (!a) return;
+    ev.preventDefault();
+    ev.stopPropagation();
+    var box = document.querySelector("#cite-key textarea, #cite-key input");
+    if (!box) return;
+    box.value = a.getAttribute("href").split("#cite-")[1] + "@" + Date.now();
+    box.dispatchEvent(new Event("input", {bubbles: true}));
+  }, true);
+})();
+</script>"""
 
 
-def _md_text(text: str) -> str:
-    """Show text as text in a Markdown component: HTML escaped, Markdown syntax neutralised."""
-    return _MD_SPECIAL.sub(r"\\\1", html.escape(text, quote=False)).replace("\n", "  \n")
-
-
-def _citation_label(c: dict) -> str:
-    return f"[{c['n']}] 《{c['title']}》 {c['source']} 第{c['line']}行"
-
-
-def _related_label(r: dict) -> str:
-    return f"《{r['title']}》 {r['source']}"
+_META_HINT = "点击答案里的 [n] 或来源，在这里查看原文，引用处以黄色标出。"
 
 
 class _Backend:
@@ -65,6 +89,38 @@ class _Backend:
         except RagError:
             return []
 
+    def coverage(self) -> str:
+        from .pipeline import describe_collection
+
+        try:
+            return describe_collection(self.engine().index)
+        except RagError:
+            return ""
+
+
+def _pages(articles: list) -> list[tuple[str, str]]:
+    """(label, page file) of every page, labelled by paper and date, else region and lead article."""
+    by_page: dict[str, list] = {}
+    for a in articles:
+        by_page.setdefault(a.source, []).append(a)
+    out = []
+    for source, arts in by_page.items():
+        lead = next((a for a in arts if a.kind == "article"), arts[0])
+        out.append((page_label(lead.paper, lead.date, lead.page, lead.region, lead.title, len(arts)), source))
+    return sorted(out, key=lambda x: (x[0], x[1]))
+
+
+def _filters(paper, region, since, until) -> Filters | None:
+    """The filter row as Filters (None when empty); a bad date is a Chinese message."""
+    try:
+        f = Filters.from_dict({"paper": paper or None, "region": region or None, "since": since or None,
+                               "until": until or None})
+    except BadInput as exc:
+        if "after until" in str(exc):
+            raise BadInput("筛选的开始日期晚于结束日期。") from None
+        raise BadInput("筛选日期要写成 YYYY-MM-DD，例如 2023-12-19。") from None
+    return f or None
+
 
 def build_app(index_dir: str | Path = "index", seeds: str | Path | None = "seeds",
               settings: Settings | None = None):
@@ -76,26 +132,31 @@ def build_app(index_dir: str | Path = "index", seeds: str | Path | None = "seeds
     default_mode = settings.answer_mode if settings else "extractive"
     all_articles = backend.articles()
     examples = _usable_examples(backend)
+    max_chars = (settings or Settings()).max_question_chars
 
-    def article_view(article_id: str | None, start: int | None = None, end: int | None = None, label: str = "引用"):
-        if not article_id:
-            return gr.update(value=[], label="文章"), ""
+    def article_parts(article_id: str | None, start: int | None = None, end: int | None = None,
+                      label: str = "引用"):
+        """(HighlightedText value, its label, the meta line) of an article, the excerpt highlighted."""
         try:
             art = backend.engine().index.articles[article_id]
         except (RagError, KeyError):
-            return gr.update(value=[], label="文章"), "找不到这篇文章。"
+            return [], "文章", "找不到这篇文章。"
         if start is not None and end is not None and 0 <= start < end <= len(art.text):
             parts = [(art.text[:start], None), (art.text[start:end], label), (art.text[end:], None)]
         else:
             parts = [(art.text, None)]
-        head = [f"《{art.title}》"]
-        if art.subtitle:
-            head.append(art.subtitle)
-        meta = " · ".join(x for x in (art.byline, art.source, "图片说明" if art.kind == "caption" else None,
+        head = [f"《{art.title}》"] + ([art.subtitle] if art.subtitle else [])
+        meta = " · ".join(x for x in (describe_source(art), art.byline, "图片说明" if art.kind == "caption" else None,
                                        "续上版" if art.continuation else None) if x)
-        return gr.update(value=[(t, lab) for t, lab in parts if t], label="　".join(head)), _md_text(meta)
+        return [(t, lab) for t, lab in parts if t], "　".join(head), md_text(meta)
 
-    def ask_streaming(question, history, k, retriever, mode, cancel):
+    def article_view(article_id: str | None, start: int | None = None, end: int | None = None, label: str = "引用"):
+        if not article_id:
+            return gr.update(value=[], label="文章"), ""
+        value, title, meta = article_parts(article_id, start, end, label)
+        return gr.update(value=value, label=title), meta
+
+    def ask_streaming(question, history, k, retriever, mode, cancel, filters):
         """Run ask() in a worker thread; yield ("status", dict) while a local model is queued or
         loading, ("delta", text) while it writes, then ("answer", Answer) or ("error", exception)."""
         events: queue.Queue = queue.Queue()
@@ -104,7 +165,8 @@ def build_app(index_dir: str | Path = "index", seeds: str | Path | None = "seeds
             try:
                 ans = backend.engine().ask(question, history=history, k=int(k), retriever=retriever, mode=mode,
                                            on_delta=lambda piece: events.put(("delta", piece)),
-                                           on_status=lambda state: events.put(("status", state)), cancel=cancel)
+                                           on_status=lambda state: events.put(("status", state)), cancel=cancel,
+                                           filters=filters)
                 events.put(("answer", ans))
             except Exception as exc:  # handed to the UI thread, which decides what to show
                 events.put(("error", exc))
@@ -116,62 +178,55 @@ def build_app(index_dir: str | Path = "index", seeds: str | Path | None = "seeds
             if kind not in ("delta", "status"):
                 return
 
-    def respond(question, messages, k, retriever, mode, last, asked, turn, request: gr.Request):
+    def respond(question, messages, k, retriever, mode, cites, asked, turn, paper, region, since, until,
+                request: gr.Request):
         messages = list(messages or [])
-        question = (question or "").strip()
+        cites = dict(cites or {})
+        typed = question or ""
+        question = typed.strip()
         history = list(asked or [])  # the raw questions so far (the chat shows escaped text)
         turn = int(turn or 0) + 1
         cancel = _cancel_event(request)
         t0 = time.perf_counter()
         shown_q = question if question else "（空问题）"
-        messages.append({"role": "user", "content": _md_text(shown_q)})
+        messages.append({"role": "user", "content": md_text(shown_q)})
         busy = "" if mode != "llm" else "⏳（本地模型作答中）"
+        keep = gr.update()
 
         # the question is in the conversation at once, whatever the model's queue
-        yield (messages + ([{"role": "assistant", "content": busy}] if busy else []), "", gr.update(), gr.update(),
-               last, history, turn, f"第 {turn} 问：正在检索…")
+        yield (messages + ([{"role": "assistant", "content": busy}] if busy else []), "", keep, history, turn,
+               f"第 {turn} 问：正在检索…")
         try:
             if not question:
-                raise RagError("请输入一个问题，例如：格尔木的开发区在全国排第几？")
+                raise BadInput("请输入一个问题，例如：格尔木的开发区在全国排第几？")
+            if len(question) > max_chars:
+                raise BadInput(f"query is {len(question):,} characters; at most {max_chars} are accepted")
+            filters = _filters(paper, region, since, until)
             ans, draft = None, ""
-            for kind, value in ask_streaming(question, history, k, retriever, mode, cancel):
+            for kind, value in ask_streaming(question, history, k, retriever, mode, cancel, filters):
                 if kind == "status":
                     note = _STATUS_TEXT.get(value["state"], "").format(**value)
                     shown = messages + [{"role": "assistant", "content": "⏳（" + note + "）"}]
-                    yield shown, gr.update(), gr.update(), gr.update(), last, history, turn, \
-                        f"第 {turn} 问：{note}"
+                    yield shown, keep, keep, history, turn, f"第 {turn} 问：{note}"
                 elif kind == "delta":  # the model's words as they come, marked as not yet checked
                     draft += value
-                    shown = messages + [{"role": "assistant", "content": _md_text(draft) + " ⏳（核对中）"}]
-                    yield shown, gr.update(), gr.update(), gr.update(), last, history + [question], turn, \
-                        f"第 {turn} 问：本地模型正在作答，写完后与原文核对…"
+                    shown = messages + [{"role": "assistant", "content": md_text(draft) + " ⏳（核对中）"}]
+                    yield shown, keep, keep, history + [question], turn, f"第 {turn} 问：本地模型正在作答，写完后与原文核对…"
                 elif kind == "error":
                     raise value
                 else:
                     ans = value
-        except RagError as exc:
-            messages.append({"role": "assistant", "content": "⚠️ " + _md_text(str(exc))})
-            yield messages, gr.update(), gr.update(choices=[], value=None), "", [], history, turn, \
-                f"第 {turn} 问未能回答"
+        except RagError as exc:  # said in Chinese; the typed question goes back into the box
+            messages.append({"role": "assistant", "content": "⚠️ " + md_text(chinese_message(exc, max_chars))})
+            yield messages, typed, keep, history, turn, f"第 {turn} 问未能回答"
             return
         except Exception as exc:  # keep serving: say what happened, log the rest
             log.exception("ask failed")
-            messages.append({"role": "assistant", "content": "⚠️ 出错了：" + _md_text(type(exc).__name__)})
-            yield messages, gr.update(), gr.update(choices=[], value=None), "", [], history, turn, \
-                f"第 {turn} 问未能回答"
+            messages.append({"role": "assistant", "content": "⚠️ 出错了：" + md_text(type(exc).__name__)})
+            yield messages, typed, keep, history, turn, f"第 {turn} 问未能回答"
             return
-        cites = [{"n": c.n, "article_id": c.article_id, "title": c.title, "source": c.source,
-                  "excerpt": c.excerpt, "start": c.start, "end": c.end, "line": c.line} for c in ans.citations]
-        if ans.refused:
-            refs = [dict(r, n=0, start=None, end=None) for r in ans.related]
-            choices = [(_related_label(r), i) for i, r in enumerate(refs)]
-            panel = "没有找到能回答这个问题的段落。可以打开下面这些相关文章看看："
-            items = refs
-        else:
-            choices = [(_citation_label(c), i) for i, c in enumerate(cites)]
-            panel = "\n\n".join(f"[{c['n']}] 《{c['title']}》（{c['source']} 第{c['line']}行）\n“{c['excerpt']}”"
-                                for c in cites)
-            items = cites
+        items = ([dict(r, n=0, start=None, end=None) for r in ans.related] if ans.refused
+                 else [dataclasses.asdict(c) for c in ans.citations])
         prefix = "🔍 " if ans.refused else ""
         stopped = (ans.check or {}).get("finish_reason") == "cancel"
         if mode == "llm" and ans.mode == "extractive-fallback" and not ans.refused:
@@ -179,42 +234,54 @@ def build_app(index_dir: str | Path = "index", seeds: str | Path | None = "seeds
         text = prefix + ans.answer
         messages.append({"role": "assistant", "content": ""})
         step = max(2, len(text) // 25)
-        for i in range(step, len(text) + step, step):  # stream the answer in
-            messages[-1] = {"role": "assistant", "content": _md_text(text[:i])}
-            yield messages, gr.update(), gr.update(), gr.update(), last, history + [question], turn, gr.update()
+        for i in range(step, len(text), step):  # stream the answer in
+            messages[-1] = {"role": "assistant", "content": md_text(text[:i])}
+            yield messages, keep, keep, history + [question], turn, keep
             time.sleep(0.01)
+        messages[-1] = {"role": "assistant", "content": link_markers(md_text(text), turn, items)}
+        if items:  # this answer's own sources, folded under it
+            title = f"相关文章（{len(items)} 篇）" if ans.refused else f"来源（{len(items)} 条，点 [n] 看原文）"
+            messages.append({"role": "assistant", "content": source_block(turn, items, ans.refused),
+                             "metadata": {"title": title, "status": "done"}})
+        cites[str(turn)] = items
         seconds = time.perf_counter() - t0
         done = f"第 {turn} 问已停止" if stopped else f"第 {turn} 问已回答，用时 {seconds:.1f} 秒"
-        yield messages, gr.update(), gr.update(choices=choices, value=None), panel, items, history + [question], \
-            turn, done
+        yield messages, keep, cites, history + [question], turn, done
 
-    def open_source(choice, items):
-        if choice is None or not items or not 0 <= int(choice) < len(items):
-            return gr.update(), gr.update()
-        item = items[int(choice)]
+    def open_cite(key, cites):
+        """A clicked [n] (or related article): its article, the excerpt highlighted, and the excerpt."""
+        where = parse_cite_key(key)
+        items = (cites or {}).get(where[0], []) if where else []
+        if not where or not 0 <= where[1] < len(items):
+            return gr.update(), gr.update(), ""
+        item = items[where[1]]
         label = "引用" if item.get("n") else None
-        return article_view(item["article_id"], item.get("start"), item.get("end"), label)
+        view, meta = article_view(item["article_id"], item.get("start"), item.get("end"), label)
+        return view, meta, item.get("excerpt") or ""
 
     def list_articles(source):
         arts = [a for a in backend.articles() if not source or a.source == source]
+        first = arts[0].article_id if arts else None
         return gr.update(choices=[(f"{a.title}{'（图片说明）' if a.kind == 'caption' else ''}", a.article_id)
-                                  for a in arts], value=None)
+                                  for a in arts], value=first)
 
     def api_ask(question: str) -> dict:
-        """Answer a question: {"answer", "refused", "citations": [{n, article_id, title, source, excerpt, start, end, line}]}."""
+        """Answer a question: {"answer", "refused", "citations": [{n, article_id, title, source, excerpt, start, end,
+        line, paper, date, page, region, city}]}."""
         try:
             ans = backend.engine().ask(question)  # a None or a list is refused saying so, not "empty"
         except RagError as exc:  # an ordinary user error: a message, no traceback in the server log
             raise gr.Error(str(exc), print_exception=False) from None
         return {"question": ans.question, "answer": ans.answer, "refused": ans.refused,
-                "citations": [{"n": c.n, "article_id": c.article_id, "title": c.title, "source": c.source,
-                               "excerpt": c.excerpt, "start": c.start, "end": c.end, "line": c.line}
-                              for c in ans.citations],
-                "related": list(ans.related)}
+                "citations": [dataclasses.asdict(c) for c in ans.citations], "related": list(ans.related)}
 
+    papers = sorted({a.paper for a in all_articles if a.paper})
+    regions = sorted({a.region for a in all_articles if a.region})
     with gr.Blocks(title="本地政策新闻问答") as demo:
-        gr.Markdown("## 本地政策新闻问答\n<span class='rag-note'>回答只来自本地报纸；每句话都附有可核对的原文摘录。</span>")
-        items_state = gr.State([])
+        coverage = backend.coverage()
+        gr.Markdown("## 本地政策新闻问答\n<span class='rag-note'>回答只来自本地报纸；每句话都附有可核对的原文摘录。"
+                    f"{md_text(coverage)}</span>", elem_id="coverage")
+        cites_state = gr.State({})  # turn -> that answer's sources
         asked_state = gr.State([])
         turn_state = gr.State(0)
         with gr.Tab("问答"):
@@ -230,8 +297,20 @@ def build_app(index_dir: str | Path = "index", seeds: str | Path | None = "seeds
                     with gr.Row():
                         stop = gr.Button("停止", elem_id="stop", variant="stop")
                         clear = gr.Button("清空对话", elem_id="clear")
+                    with gr.Row(elem_id="filters"):
+                        paper = gr.Dropdown([("全部报纸", "")] + [(f"《{p}》", p) for p in papers], value="",
+                                            label="报纸", min_width=110, elem_id="filter-paper")
+                        region = gr.Dropdown([("全部地区", "")] + [(r, r) for r in regions], value="", label="地区",
+                                             min_width=110, elem_id="filter-region")
+                        since = gr.Textbox(label="从", placeholder="2023-12-01", min_width=110, max_lines=1,
+                                           elem_id="filter-since")
+                        until = gr.Textbox(label="到", placeholder="2023-12-31", min_width=110, max_lines=1,
+                                           elem_id="filter-until")
+                    example_buttons = []
                     if examples:
-                        gr.Examples(examples=[[e] for e in examples], inputs=[box], label="示例问题")
+                        gr.Markdown("示例问题（点击即问）", elem_classes=["rag-note"])
+                        with gr.Row(elem_id="examples"):
+                            example_buttons = [gr.Button(q, size="sm") for q in examples]
                     with gr.Accordion("设置", open=False):
                         k = gr.Slider(1, 10, value=5, step=1, label="检索段落数")
                         retriever = gr.Radio([("混合（推荐）", "hybrid"), ("关键词 BM25", "bm25"), ("语义向量", "dense")],
@@ -239,37 +318,43 @@ def build_app(index_dir: str | Path = "index", seeds: str | Path | None = "seeds
                         mode = gr.Radio([("原文摘录（最快）", "extractive"), ("本地模型改写（经原文核对）", "llm")],
                                         value=default_mode, label="回答方式", elem_id="answer-mode")
                 with gr.Column(scale=2):
-                    gr.Markdown("### 来源")
-                    sources = gr.Radio(choices=[], label="点击引用查看原文", elem_id="answer-sources")
-                    panel = gr.Textbox(label="引用摘录", lines=6, interactive=False, elem_id="excerpts")
-                    meta = gr.Markdown("", elem_id="article-meta")
+                    gr.Markdown("### 原文")
+                    meta = gr.Markdown(_META_HINT, elem_id="article-meta")
                     view = gr.HighlightedText(label="文章", combine_adjacent=True, show_legend=False,
                                               elem_id="article-view", color_map={"引用": "yellow"})
+            cite_key = gr.Textbox(visible="hidden", elem_id="cite-key")
+            cite_target = gr.Textbox(visible="hidden", elem_id="cite-target")
         with gr.Tab("文章浏览"):
-            pages = sorted({a.source for a in all_articles})
+            pages = _pages(all_articles)
+            first = all_articles[0] if all_articles else None
+            value, title, first_meta = article_parts(first.article_id) if first else ([], "文章", "")
             with gr.Row():
-                page = gr.Dropdown(choices=[("全部版面", "")] + [(p, p) for p in pages], value="", label="版面")
-                art_pick = gr.Dropdown(choices=[(a.title, a.article_id) for a in all_articles], label="文章",
+                page = gr.Dropdown(choices=[("全部版面", "")] + pages, value="", label="版面", elem_id="page-pick")
+                art_pick = gr.Dropdown(choices=[(a.title, a.article_id) for a in all_articles],
+                                       value=first.article_id if first else None, label="文章",
                                        elem_id="article-pick")
-            browse_meta = gr.Markdown("")
-            browse_view = gr.HighlightedText(label="文章", show_legend=False, elem_id="browse-view")
+            browse_meta = gr.Markdown(first_meta)
+            browse_view = gr.HighlightedText(value=value, label=title, show_legend=False, elem_id="browse-view")
 
         # Gradio passes the request to parameters annotated gr.Request; the annotations here are
         # strings (postponed), which it cannot resolve since gradio is imported in this function
         respond.__annotations__["request"] = _stop.__annotations__["request"] = gr.Request
-        outputs = [chat, box, sources, panel, items_state, asked_state, turn_state, answer_state]
-        inputs = [box, chat, k, retriever, mode, items_state, asked_state, turn_state]
+        outputs = [chat, box, cites_state, asked_state, turn_state, answer_state]
+        inputs = [box, chat, k, retriever, mode, cites_state, asked_state, turn_state, paper, region, since, until]
         # our own Chinese status line replaces Gradio's progress overlay (English, with a guessed ETA)
-        asked = [box.submit(respond, inputs, outputs, api_visibility="private", show_progress="hidden"),
-                 send.click(respond, inputs, outputs, api_visibility="private", show_progress="hidden")]
+        quiet = dict(api_visibility="private", show_progress="hidden")
+        asked = [box.submit(respond, inputs, outputs, **quiet), send.click(respond, inputs, outputs, **quiet)]
+        for b in example_buttons:  # an example is asked at once, as if typed
+            asked.append(b.click(lambda q: q, b, box, queue=False, **quiet).then(respond, inputs, outputs, **quiet))
         stop.click(_stop, None, None, api_visibility="private", queue=False)
-        clear.click(lambda: ([], "", gr.update(choices=[], value=None), "", [], [], gr.update(value=[]), ""),
-                    None, [chat, box, sources, panel, items_state, asked_state, view, meta], api_visibility="private",
-                    cancels=asked)
+        clear.click(lambda: ([], "", {}, [], gr.update(value=[], label="文章"), _META_HINT),
+                    None, [chat, box, cites_state, asked_state, view, meta], api_visibility="private", cancels=asked)
         # the chat's own bin icon forgets the conversation too, not only what is shown
-        chat.clear(lambda: (gr.update(choices=[], value=None), "", [], [], gr.update(value=[]), ""),
-                   None, [sources, panel, items_state, asked_state, view, meta], api_visibility="private")
-        sources.change(open_source, [sources, items_state], [view, meta], api_visibility="private")
+        chat.clear(lambda: ({}, [], gr.update(value=[], label="文章"), _META_HINT), None,
+                   [cites_state, asked_state, view, meta],
+                   api_visibility="private")
+        cite_key.change(open_cite, [cite_key, cites_state], [view, meta, cite_target], **quiet).then(
+            None, cite_target, None, js="(t) => window.ragScrollToExcerpt(t)")
         page.change(list_articles, page, art_pick, api_visibility="private")
         art_pick.change(lambda a: article_view(a), art_pick, [browse_view, browse_meta], api_visibility="private")
         gr.api(api_ask, api_name="ask")
@@ -348,7 +433,7 @@ def serve(index_dir: str | Path = "index", seeds: str | Path | None = "seeds", *
     log.info("serving the chat on http://%s:%d", host, port)
     try:
         demo.launch(server_name=host, server_port=port, prevent_thread_lock=not block, show_error=False,
-                    quiet=True, ssr_mode=False, css=CSS, theme=gr.themes.Soft())
+                    quiet=True, ssr_mode=False, css=CSS, theme=gr.themes.Soft(), head=HEAD, footer_links=[])
     except OSError as exc:
         raise RagError(f"cannot serve on {host}:{port}: {exc}") from None
     return demo

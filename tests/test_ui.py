@@ -104,20 +104,104 @@ def _ask(pg, question: str, expect: str, timeout: float = 30_000):
         raise AssertionError(f"{expect!r} not in the chat: {pg.locator('#chat').inner_text()[-400:]!r}") from None
 
 
-def test_ask_read_the_cited_source_and_open_it(page, artifacts_dir):
-    _ask(page, "格尔木的开发区在全国排第几？", "128位")
-    chat = page.locator("#chat").inner_text()
-    assert "128位" in chat and "[1]" in chat
-    sources = page.locator("#answer-sources")
-    sources.get_by_text("[1]", exact=False).wait_for()
-    assert "格尔木昆仑经济技术开发区综合发展水平" in sources.inner_text()
-    assert "位列128位" in page.locator("#excerpts textarea").input_value()
-    sources.get_by_text("[1]", exact=False).click()
-    highlighted = page.locator("#article-view mark, #article-view .textspan.hl, #article-view [class*='hl']")
-    highlighted.first.wait_for(timeout=15_000)
-    assert "位列128位" in highlighted.first.inner_text()
-    assert "近年来，昆仑经济技术开发区" in page.locator("#article-view").inner_text()  # the whole article
-    page.screenshot(path=str(artifacts_dir / "chat-answer.png"), full_page=True)
+HIGHLIGHT = "#article-view .token.highlighted, #article-view mark"  # the cited excerpt in the article view
+SIZES = {"desktop": {"width": 1366, "height": 900}, "phone": {"width": 390, "height": 844}}
+
+
+@pytest.fixture(params=list(SIZES))
+def sized(browser, server, request):
+    """A page at 1366×900 and at 390×844 (``pg.size`` names which)."""
+    pg = browser.new_page(viewport=SIZES[request.param])
+    dialogs = []
+    pg.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    pg.dialogs, pg.size = dialogs, request.param
+    pg.goto(server)
+    pg.locator("#question textarea").wait_for()
+    yield pg
+    pg.close()
+
+
+def _answer(pg, turn: int):
+    """The answer bubble of question ``turn`` (its first bot message)."""
+    return pg.locator("#chat .message-row.bot-row, #chat .bot-row").nth(turn - 1)
+
+
+def _in_view(pg, locator) -> bool:
+    box = locator.bounding_box()
+    height = pg.viewport_size["height"]
+    return box is not None and 0 <= box["y"] and box["y"] + min(box["height"], 40) <= height
+
+
+def _open_marker(pg, n: int, nth_link: int = 0):
+    """Click the ``nth_link``-th [n] link in the chat; wait for the highlighted excerpt in the article view."""
+    pg.locator(f"#chat a[href^='#cite-']:text-is('[{n}]')").nth(nth_link).click()
+
+
+def _mark(pg, text: str):
+    mark = pg.locator(HIGHLIGHT).filter(has_text=text).first
+    mark.wait_for(timeout=15_000)
+    pg.wait_for_function("(t) => { const r = [...document.querySelectorAll(" + repr(HIGHLIGHT) + ")]"
+                         ".find(m => m.textContent.includes(t)); if (!r) return false; "
+                         "const b = r.getBoundingClientRect(); return b.top >= 0 && b.bottom <= innerHeight; }",
+                         arg=text, timeout=10_000)
+    return mark
+
+
+def test_each_answer_keeps_its_sources_and_n_opens_the_article_scrolled_to_the_excerpt(sized, artifacts_dir):
+    pg = sized
+    _ask(pg, "格尔木的开发区在全国排第几？", "128位")
+    _ask(pg, "西宁在动力电池产能城市中排第几？", "第八")
+    # [1] of the first answer still opens the first answer's source, not the latest one's
+    _open_marker(pg, 1, nth_link=0)
+    mark = _mark(pg, "位列128位")
+    assert "近年来，昆仑经济技术开发区" in pg.locator("#article-view").inner_text()  # the whole article
+    assert "格尔木" in pg.locator("#article-meta").inner_text()  # the page's region
+    assert _in_view(pg, mark)
+    pg.screenshot(path=str(artifacts_dir / f"ui-n-opens-source-{pg.size}.png"))
+    _open_marker(pg, 1, nth_link=1)
+    _mark(pg, "西宁跻身")
+    # each answer has its own folded source block: title, region, file and line, excerpt
+    blocks = pg.locator("#chat").get_by_text("来源（1 条", exact=False)
+    assert blocks.count() == 2
+    blocks.first.click()
+    chat = pg.locator("#chat").inner_text()
+    assert "格尔木 · 000_083e7fa3461b093d.txt 第" in chat and "位列128位" in chat
+    pg.screenshot(path=str(artifacts_dir / f"ui-sources-per-answer-{pg.size}.png"), full_page=True)
+
+
+def test_a_source_names_the_city_its_wo_shi_means(page):
+    _ask(page, "格尔木工业科技领域培养和引进了多少领衔人才？", "20")
+    page.locator("#chat").get_by_text("来源（", exact=False).first.click()
+    page.locator("#chat").get_by_text("我市（格尔木）", exact=False).first.wait_for(timeout=10_000)
+
+
+def test_the_page_is_chinese_and_examples_are_asked_when_clicked(sized, artifacts_dir):
+    pg = sized
+    assert pg.evaluate("document.documentElement.lang") == "zh-CN"
+    body = pg.locator("body").inner_text()
+    assert "Built with Gradio" not in body and "Use via API" not in body and "使用 Gradio 构建" not in body
+    assert "资料库共 6 个版面" in pg.locator("#coverage").inner_text()
+    example = pg.locator("#examples button").first
+    question = example.inner_text()
+    example.click()
+    pg.turns = 1
+    pg.wait_for_function(_FINISHED, arg=[1, "已回答"], timeout=30_000)
+    assert question in pg.locator("#chat").inner_text()
+    assert pg.locator("#chat a[href^='#cite-']").count() >= 1
+    pg.screenshot(path=str(artifacts_dir / f"ui-chinese-example-{pg.size}.png"), full_page=True)
+
+
+def test_the_chats_own_bin_icon_forgets_the_conversation(page):
+    """The chat's own bin icon (labelled in Chinese) forgets the conversation and the article view."""
+    _ask(page, "西宁在动力电池产能城市中排第几？", "第八")
+    _open_marker(page, 1)
+    _mark(page, "西宁跻身")
+    page.locator("#chat button[aria-label='清空对话']").first.click()
+    page.wait_for_function("!document.querySelector('#article-view').innerText.includes('西宁跻身')",
+                           timeout=10_000)
+    assert "第八" not in page.locator("#chat").inner_text()
+    _ask(page, "那格尔木呢？", "")  # a new conversation: nothing to follow up
+    assert "第八" not in page.locator("#chat").inner_text()
 
 
 def test_follow_up_and_clear(page):
@@ -126,33 +210,31 @@ def test_follow_up_and_clear(page):
     _ask(page, "那格尔木呢？", "没有找到")
     last = page.locator("#chat").inner_text().split("那格尔木呢")[-1]
     assert "第八" not in last
+    _open_marker(page, 1)
+    _mark(page, "西宁跻身")
     page.locator("#clear").click()
     page.wait_for_function("!document.querySelector('#chat').innerText.includes('第八')", timeout=10_000)
-    # the sources go with the chat
-    page.wait_for_function("!document.querySelector('#answer-sources').innerText.includes('西宁跻身')",
+    # the article view goes with the chat
+    page.wait_for_function("!document.querySelector('#article-view').innerText.includes('西宁跻身')",
                            timeout=10_000)
 
 
-def test_the_chats_own_bin_icon_forgets_the_conversation(page):
-    _ask(page, "西宁在动力电池产能城市中排第几？", "第八")
-    page.locator("#answer-sources").get_by_text("西宁跻身", exact=False).first.wait_for(timeout=10_000)
-    page.locator("#chat button[aria-label='Clear']").first.click()
-    page.wait_for_function("!document.querySelector('#answer-sources').innerText.includes('西宁跻身')",
-                           timeout=10_000)
-    assert "第八" not in page.locator("#chat").inner_text()
-
-
-def test_refusal_is_shown_as_such_with_related_articles(page):
+def test_refusal_is_shown_as_such_with_related_articles_that_open(page):
     _ask(page, "西宁地铁什么时候开通？", "没有找到")
-    related = page.locator("#answer-sources input[type=radio]")
-    related.first.wait_for(timeout=10_000)
-    assert "《" in page.locator("#answer-sources").inner_text()
-    assert "没有找到能回答" in page.locator("#excerpts textarea").input_value()
+    page.locator("#chat").get_by_text("相关文章（", exact=False).first.click()
+    related = page.locator("#chat a[href^='#cite-']").filter(has_text="《").first
+    title = related.inner_text().strip("《》")
+    related.click()
+    page.wait_for_function("(t) => { const v = document.querySelector('#article-view').innerText; "
+                           "return v.includes(t) && v.length > 100; }", arg=title[:6], timeout=15_000)
 
 
 def test_page_and_user_text_are_shown_as_text_never_as_html(page, artifacts_dir):
     _ask(page, "<img src=x onerror=alert(2)>格尔木网络安全宣传周有多少名市民参加？", "300名")
     assert "<img src=x onerror=alert(2)>" in page.locator("#chat").inner_text()
+    page.locator("#chat").get_by_text("来源（", exact=False).first.click()
+    _open_marker(page, 1)
+    _mark(page, "300名")
     # the article browser shows the page's markup as characters
     page.get_by_role("tab", name="文章浏览").click()
     page.locator("#article-pick input").click()
@@ -161,16 +243,53 @@ def test_page_and_user_text_are_shown_as_text_never_as_html(page, artifacts_dir)
     page.wait_for_timeout(500)
     assert page.dialogs == []
     assert page.locator("img[src=x]").count() == 0
-    assert page.locator("#chat script, #browse-view script, #browse-view b").count() == 0
+    assert page.locator("#chat script, #browse-view script, #browse-view b, #article-view script").count() == 0
     page.screenshot(path=str(artifacts_dir / "chat-escaping.png"), full_page=True)
 
 
-@pytest.mark.parametrize("question, message", [("", "请输入一个问题"), ("问" * 800, "at most")])
-def test_bad_questions_are_friendly_messages_and_the_server_keeps_serving(page, question, message):
+def test_the_article_browser_opens_on_an_article_and_lists_pages_by_what_they_are(sized, artifacts_dir):
+    pg = sized
+    pg.get_by_role("tab", name="文章浏览").click()
+    view = pg.locator("#browse-view")
+    view.wait_for()
+    assert len(view.inner_text()) > 100  # a real article, not an empty one
+    pg.locator("#page-pick input").click()
+    options = pg.get_by_role("option").all_inner_texts()
+    assert any("鄂尔多斯 · 《" in o for o in options) and not any(".txt" in o for o in options)
+    pg.screenshot(path=str(artifacts_dir / f"ui-article-browser-{pg.size}.png"), full_page=True)
+
+
+@pytest.mark.parametrize("question, message", [("", "请输入一个问题"), ("问" * 800, "最多 500 个字")])
+def test_bad_questions_are_chinese_messages_and_keep_the_typed_question(page, question, message, artifacts_dir):
     _send(page, question, done="未能回答")
-    assert message in page.locator("#chat").inner_text()
-    assert "Traceback" not in page.locator("#chat").inner_text()
+    chat = page.locator("#chat").inner_text()
+    assert message in chat and "Traceback" not in chat and "characters" not in chat
+    assert page.locator("#question textarea").input_value() == question  # still there to shorten
+    if question:
+        page.screenshot(path=str(artifacts_dir / "ui-too-long-question.png"), full_page=True)
     _ask(page, "积石山地震是几级？", "6.2级")
+
+
+def test_filters_restrict_the_sources_and_say_when_nothing_matches(sized, artifacts_dir):
+    pg = sized
+    pg.locator("#filter-region input").click()
+    pg.get_by_role("option", name="鄂尔多斯").click()
+    _send(pg, "格尔木的开发区在全国排第几？")
+    chat = pg.locator("#chat").inner_text()
+    assert "128位" not in chat  # that page is outside the filter
+    pg.locator("#chat").get_by_text("（", exact=False).last.wait_for()
+    for block in pg.locator("#chat").get_by_text("来源（", exact=False).all() + \
+            pg.locator("#chat").get_by_text("相关文章（", exact=False).all():
+        block.click()
+    shown = pg.locator("#chat").inner_text()
+    assert "000_083e7fa3461b093d.txt" not in shown and "鄂尔多斯 · 001_c451c93762dc6e8f.txt" in shown
+    pg.locator("#filter-since textarea, #filter-since input").first.fill("2030-01-01")
+    _send(pg, "格尔木的开发区在全国排第几？", done="未能回答")
+    assert "没有符合筛选条件（地区 鄂尔多斯、日期 2030-01-01 至 …）的文章" in pg.locator("#chat").inner_text()
+    pg.screenshot(path=str(artifacts_dir / f"ui-filters-{pg.size}.png"), full_page=True)
+    pg.locator("#filter-since textarea, #filter-since input").first.fill("2030/01/01")
+    _send(pg, "格尔木的开发区在全国排第几？", done="未能回答")
+    assert "YYYY-MM-DD" in pg.locator("#chat").inner_text()
 
 
 def test_gradio_client_api_and_concurrent_users(server):
@@ -214,7 +333,7 @@ def test_local_model_mode_streams_then_shows_the_checked_answer(page):
     page.get_by_text("设置").click()
     page.locator("#answer-mode").get_by_text("本地模型改写", exact=False).click()
     _ask(page, "试点企业签了多少份电子劳动合同？", "182", timeout=300_000)
-    page.locator("#answer-sources").get_by_text("[1]", exact=False).first.wait_for(timeout=10_000)
+    page.locator("#chat a[href^='#cite-']").first.wait_for(timeout=10_000)
     chat = page.locator("#chat").inner_text()
     assert "核对中" not in chat and "182" in chat and "[1]" in chat
     assert "已回答" in page.locator("#answer-state").inner_text()
