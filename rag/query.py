@@ -13,7 +13,7 @@ _NUM = r"(?:\d+(?:\.\d+)?|[一二三四五六七八九十百千万两]+)"
 # what the question asks for, recognised from its wording
 _RANK_Q = re.compile(r"第几|排第|排名|名次|排[在到]?哪|几名|位列")
 _COUNT_Q = re.compile(r"多少|几(?!乎)|多大|多高|多长|多久|比例|百分之")
-_DATE_Q = re.compile(r"什么时候|何时|哪天|哪一天|哪年|哪一年|几月|几号|日期|时间|多久|从哪天")
+_DATE_Q = re.compile(r"什么时候|何时|哪天|哪一天|哪年|哪一年|几月|几号|日期|时间|多久|从哪天|几点|几时")
 _LIST_Q = re.compile(r"哪些|哪几|怎么做|做了什么|采取了|举措|办法|措施|做法|要求|怎么[抓推办干]")
 _BENEFIT_Q = re.compile(r"好处|益处|便利|优势|作用|意义|帮助|有什么用|有何用")
 _WHO_Q = re.compile(r"谁|哪位|哪个单位|哪家|哪所|哪个部门|什么人|哪里|在哪")

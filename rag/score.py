@@ -174,6 +174,10 @@ _NUM = r"(?:\d+(?:\.\d+)?|[一二三四五六七八九十百千万两]+)"
 _RANK_A = re.compile(rf"第{_NUM}|位列|\d+位|排名|居全国|排第|前{_NUM}")
 _DATE_A = re.compile(r"\d{4}年|\d{1,2}月\d{1,2}日|\d{1,2}月|\d{1,2}日")
 _DATE_IN_TEXT = re.compile(r"\d{4}年(?:\d{1,2}月)?(?:\d{1,2}日)?|\d{1,2}月(?:\d{1,2}日)?|\d{1,2}日")
+_CLOCK_Q = re.compile(r"几点|几时")
+_CLOCK_A = re.compile(r"\d{1,2}(?:[:：]\d{2}|时|点)|[一二三四五六七八九十]+点")
+_RATE_Q = re.compile(r"每[一]?[人月年天日周次户个只张位名家亩门件斤]|人均|户均|一[只张件斤]多少钱|多少钱一[只张件斤个]")
+_RATE_A = re.compile(r"每|人均|户均|[/／]|元[/／]")
 _NUMBER_A = re.compile(rf"{_NUM}\s*(?:%|％|[{MEASURE_WORDS}])|\d")
 # measure words that count the same things ("多少名" is answered by "73人")
 _SAME_MEASURE = {"名": "名人位", "人": "人名位", "位": "位名人", "个": "个项处家所", "项": "项个", "钱": "元",
@@ -192,7 +196,11 @@ def fact_match(info: QuestionInfo, sentence: str) -> float:
     if info.kind == "rank":
         return 1.0 if _RANK_A.search(s) else 0.0
     if info.kind == "date":
+        if _CLOCK_Q.search(info.text):  # 几点: a time of day, not a date
+            return 1.0 if _CLOCK_A.search(s) else 0.0
         return 1.0 if _DATE_A.search(s) else 0.0
+    if _RATE_Q.search(info.text) and not _RATE_A.search(s):
+        return 0.0  # 每月/每人/人均 asks a rate: a total (146万元, 3200万元) does not answer it
     units = _SAME_MEASURE.get(info.measure, info.measure)
     # an approximate amount counts too: 670余套, 3000多名, 1.2万余人
     if units and re.search(rf"{_NUM}\s*[余多]?(?:万|亿)?[余多]?[{re.escape(units)}]", s):

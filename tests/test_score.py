@@ -119,6 +119,11 @@ def test_relative_year_check(asked, sentence_rel, sentence_years, article_rel, m
     ("来了多少名游客？", "接待游客3000多名", 1.0),
     ("2024年的产值是多少？", "2024年产值创新高", 0.0),             # the question's own number is no answer
     ("电子劳动合同有什么好处？", "实现了全程无纸化", 1.0),          # no fact asked: neutral
+    ("博物馆晚上开到几点？", "延长开放时间至21时30分", 1.0),        # 几点 asks a time of day
+    ("首班车几点发？", "每天各发车八个班次，票价3元", 0.0),
+    ("普查员每天补贴多少钱？", "全省共选聘6845名普查员", 0.0),      # a rate is not answered by a count
+    ("人才每月补贴多少？", "设立3200万元人才发展专项资金", 0.0),
+    ("农民一年每人多挣多少？", "人均年增收1.8万元", 0.5),        # a rate: its number counts as any number
 ])
 def test_fact_match(question, sentence, expected):
     assert fact_match(analyze_question(question), sentence) == expected
