@@ -9,7 +9,7 @@ import re
 from .errors import BadInput, IndexFormat, IndexNotFound, IndexStale, ModelError, RagError
 from .meta import describe_source, name_local_city, source_label
 
-__all__ = ["md_text", "link_markers", "source_block", "chinese_message", "page_label", "cite_key", "parse_cite_key"]
+__all__ = ["copy_text", "md_text", "link_markers", "source_block", "chinese_message", "page_label", "cite_key", "parse_cite_key"]
 
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~>])")
 _MARKER = re.compile(r"\\\[(\d+)\\\]")  # an [n] after md_text escaped it
@@ -57,6 +57,19 @@ def source_block(turn: int, items: list[dict], refused: bool) -> str:
             excerpt = md_text(name_local_city(item["excerpt"], item.get("city")))
             lines.append(f"[\\[{item['n']}\\]]({cite_key(turn, i)}) 《{title}》 {where}  \n“{excerpt}”")
     return "\n\n".join(lines)
+
+
+def copy_text(answer: str, items: list[dict], refused: bool) -> str:
+    """The answer with its sources as plain text, for the clipboard (the 复制 link)."""
+    lines = [answer, "", "相关文章：" if refused else "来源："]
+    for item in items:
+        where = describe_source(item, item.get("line") if not refused else None)
+        if refused:
+            lines.append(f"《{item['title']}》 {where}")
+        else:
+            lines.append(f"[{item['n']}] 《{item['title']}》 {where}")
+            lines.append(f"“{name_local_city(item['excerpt'], item.get('city'))}”")
+    return "\n".join(lines) if items else answer
 
 
 def chinese_message(exc: RagError, max_chars: int = 500) -> str:

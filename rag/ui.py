@@ -10,7 +10,7 @@ import threading
 import time
 from pathlib import Path
 
-from .chatview import chinese_message, link_markers, md_text, page_label, parse_cite_key, source_block
+from .chatview import chinese_message, copy_text, link_markers, md_text, page_label, parse_cite_key, source_block
 from .config import Settings
 from .errors import BadInput, RagError
 from .meta import Filters, describe_source
@@ -55,14 +55,31 @@ HEAD = """<script>
       if (tries-- > 0) setTimeout(look, 100);
     })();
   };
+  window.ragCopy = function (text) {
+    if (!text) return;
+    var done = function () { window.ragCopied = text; };
+    var fallback = function () {
+      var area = document.createElement("textarea");
+      area.value = text;
+      document.body.appendChild(area);
+      area.select();
+      try { document.execCommand("copy"); done(); } finally { area.remove(); }
+    };
+    if (navigator.clipboard && window.isSecureContext) {
+      navigator.clipboard.writeText(text).then(done, fallback);
+    } else {
+      fallback();
+    }
+  };
   document.addEventListener("click", function (ev) {
-    var a = ev.target.closest ? ev.target.closest("a[href*='#cite-']") : null;
+    var a = ev.target.closest ? ev.target.closest("a[href*='#cite-'], a[href*='#copy-']") : null;
     if (!a) return;
     ev.preventDefault();
     ev.stopPropagation();
-    var box = document.querySelector("#cite-key textarea, #cite-key input");
+    var href = a.getAttribute("href"), copy = href.indexOf("#copy-") >= 0;
+    var box = document.querySelector(copy ? "#copy-key textarea" : "#cite-key textarea");
     if (!box) return;
-    box.value = a.getAttribute("href").split("#cite-")[1] + "@" + Date.now();
+    box.value = href.split(copy ? "#copy-" : "#cite-")[1] + "@" + Date.now();
     box.dispatchEvent(new Event("input", {bubbles: true}));
   }, true);
 })();
@@ -238,12 +255,14 @@ def build_app(index_dir: str | Path = "index", seeds: str | Path | None = "seeds
             messages[-1] = {"role": "assistant", "content": md_text(text[:i])}
             yield messages, keep, keep, history + [question], turn, keep
             time.sleep(0.01)
-        messages[-1] = {"role": "assistant", "content": link_markers(md_text(text), turn, items)}
+        copy = f"  \n[复制回答和来源](#copy-{turn})"
+        messages[-1] = {"role": "assistant", "content": link_markers(md_text(text), turn, items) + copy}
         if items:  # this answer's own sources, folded under it
             title = f"相关文章（{len(items)} 篇）" if ans.refused else f"来源（{len(items)} 条，点 [n] 看原文）"
             messages.append({"role": "assistant", "content": source_block(turn, items, ans.refused),
                              "metadata": {"title": title, "status": "done"}})
         cites[str(turn)] = items
+        cites[f"{turn}-copy"] = copy_text(ans.answer, items, ans.refused)
         seconds = time.perf_counter() - t0
         done = f"第 {turn} 问已停止" if stopped else f"第 {turn} 问已回答，用时 {seconds:.1f} 秒"
         yield messages, keep, cites, history + [question], turn, done
@@ -282,6 +301,8 @@ def build_app(index_dir: str | Path = "index", seeds: str | Path | None = "seeds
         gr.Markdown("## 本地政策新闻问答\n<span class='rag-note'>回答只来自本地报纸；每句话都附有可核对的原文摘录。"
                     f"{md_text(coverage)}</span>", elem_id="coverage")
         cites_state = gr.State({})  # turn -> that answer's sources
+        # the conversation, kept in the browser (localStorage) so that it survives a reload
+        saved = gr.BrowserState({}, storage_key="rag-conversation")
         asked_state = gr.State([])
         turn_state = gr.State(0)
         with gr.Tab("问答"):
@@ -324,6 +345,8 @@ def build_app(index_dir: str | Path = "index", seeds: str | Path | None = "seeds
                                               elem_id="article-view", color_map={"引用": "yellow"})
             cite_key = gr.Textbox(visible="hidden", elem_id="cite-key")
             cite_target = gr.Textbox(visible="hidden", elem_id="cite-target")
+            copy_key = gr.Textbox(visible="hidden", elem_id="copy-key")
+            copied = gr.Textbox(visible="hidden", elem_id="copied")
         with gr.Tab("文章浏览"):
             pages = _pages(all_articles)
             first = all_articles[0] if all_articles else None
@@ -346,20 +369,39 @@ def build_app(index_dir: str | Path = "index", seeds: str | Path | None = "seeds
         asked = [box.submit(respond, inputs, outputs, **quiet), send.click(respond, inputs, outputs, **quiet)]
         for b in example_buttons:  # an example is asked at once, as if typed
             asked.append(b.click(lambda q: q, b, box, queue=False, **quiet).then(respond, inputs, outputs, **quiet))
+        for event in asked:
+            event.then(_remember, [chat, cites_state, asked_state, turn_state], saved, **quiet)
+        demo.load(_restore, saved, [chat, cites_state, asked_state, turn_state, answer_state], **quiet)
         stop.click(_stop, None, None, api_visibility="private", queue=False)
-        clear.click(lambda: ([], "", {}, [], gr.update(value=[], label="文章"), _META_HINT),
-                    None, [chat, box, cites_state, asked_state, view, meta], api_visibility="private", cancels=asked)
+        clear.click(lambda: ([], "", {}, [], gr.update(value=[], label="文章"), _META_HINT, {}),
+                    None, [chat, box, cites_state, asked_state, view, meta, saved], api_visibility="private",
+                    cancels=asked)
         # the chat's own bin icon forgets the conversation too, not only what is shown
-        chat.clear(lambda: ({}, [], gr.update(value=[], label="文章"), _META_HINT), None,
-                   [cites_state, asked_state, view, meta],
+        chat.clear(lambda: ({}, [], gr.update(value=[], label="文章"), _META_HINT, {}), None,
+                   [cites_state, asked_state, view, meta, saved],
                    api_visibility="private")
         cite_key.change(open_cite, [cite_key, cites_state], [view, meta, cite_target], **quiet).then(
             None, cite_target, None, js="(t) => window.ragScrollToExcerpt(t)")
+        copy_key.change(lambda key, c: (c or {}).get(f"{(key or '').split('@')[0]}-copy", ""), [copy_key, cites_state],
+                        copied, **quiet).then(None, copied, None, js="(t) => window.ragCopy(t)")
         page.change(list_articles, page, art_pick, api_visibility="private")
         art_pick.change(lambda a: article_view(a), art_pick, [browse_view, browse_meta], api_visibility="private")
         gr.api(api_ask, api_name="ask")
     demo.queue(default_concurrency_limit=4, max_size=64)
     return demo
+
+
+def _remember(messages, cites, asked, turn) -> dict:
+    """What the browser keeps of the conversation (a reload restores it)."""
+    return {"messages": messages or [], "cites": cites or {}, "asked": asked or [], "turn": int(turn or 0)}
+
+
+def _restore(saved):
+    """The conversation the browser kept, or an empty one."""
+    d = saved if isinstance(saved, dict) else {}
+    turn = int(d.get("turn") or 0)
+    state = f"已恢复上次的对话（共 {turn} 问）" if turn else "新对话"
+    return d.get("messages") or [], d.get("cites") or {}, d.get("asked") or [], turn, state
 
 
 _STATUS_TEXT = {

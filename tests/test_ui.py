@@ -204,6 +204,40 @@ def test_the_chats_own_bin_icon_forgets_the_conversation(page):
     assert "第八" not in page.locator("#chat").inner_text()
 
 
+def test_the_conversation_survives_a_reload(sized, artifacts_dir):
+    pg = sized
+    _ask(pg, "格尔木的开发区在全国排第几？", "128位")
+    pg.wait_for_function("(localStorage.getItem('rag-conversation') || '').length > 200", timeout=10_000)
+    pg.reload()
+    pg.locator("#answer-state").get_by_text("已恢复上次的对话（共 1 问）").wait_for(timeout=15_000)
+    assert "格尔木的开发区在全国排第几" in pg.locator("#chat").inner_text()
+    _open_marker(pg, 1)  # its sources came back with it
+    _mark(pg, "位列128位")
+    pg.screenshot(path=str(artifacts_dir / f"ui-after-reload-{pg.size}.png"), full_page=True)
+    pg.turns = 1  # the conversation goes on where it was
+    _ask(pg, "那西宁呢？", "西宁")
+    pg.locator("#clear").click()
+    pg.wait_for_function("!document.querySelector('#chat').innerText.includes('128位')", timeout=10_000)
+    pg.reload()
+    pg.locator("#answer-state").get_by_text("新对话").wait_for(timeout=15_000)  # a cleared one stays cleared
+    assert "128位" not in pg.locator("#chat").inner_text()
+
+
+def test_copy_puts_the_answer_and_its_sources_on_the_clipboard(browser, server):
+    ctx = browser.new_context(viewport=SIZES["phone"], permissions=["clipboard-read", "clipboard-write"])
+    pg = ctx.new_page()
+    pg.goto(server)
+    pg.locator("#question textarea").wait_for()
+    _ask(pg, "格尔木的开发区在全国排第几？", "128位")
+    pg.locator("#chat a[href^='#copy-']").first.click()
+    pg.wait_for_function("window.ragCopied !== undefined", timeout=10_000)
+    text = pg.evaluate("navigator.clipboard.readText()")
+    ctx.close()
+    assert text.startswith("格尔木昆仑经济技术开发区在全国230家国家级经济技术开发区中位列128位。[1]")
+    assert "来源：\n[1] 《格尔木昆仑经济技术开发区" in text and "格尔木 · 000_083e7fa3461b093d.txt 第" in text
+    assert "\\[" not in text and "#cite-" not in text  # plain text, not the chat's Markdown
+
+
 def test_follow_up_and_clear(page):
     _ask(page, "西宁在动力电池产能城市中排第几？", "第八")
     # the follow-up swaps the city: the pages give no ranking for 格尔木, so it must not repeat 西宁's
