@@ -20,19 +20,20 @@ def test_answer_quality_held_out_by_page(engine, qa_items):
 
     res = evaluate_heldout(engine, qa_items)
     held = res["heldout"]
-    # measured: 0.875 answered right, 0.90 of the unanswerable refused (issue #11 asks 0.90 / 0.90 / 0.05)
-    assert held["answer_accuracy"] >= 0.85, res["failures"]
+    # measured: 0.917 answered right, 0.042 of the answerable and 0.90 of the unanswerable refused
+    # (issue #11 asks 0.90 / 0.05 / 0.90)
+    assert held["answer_accuracy"] >= 0.90, res["failures"]
     assert held["unanswerable_refused"] >= 0.90, res["failures"]
-    assert held["answerable_refused"] <= 0.10, res["failures"]
+    assert held["answerable_refused"] <= 0.05, res["failures"]
     assert held["citations_verbatim"] == 1.0
     assert len(res["params_by_fold"]) == 5 and res["pages"] == sorted(res["params_by_fold"])
 
 
 def test_answer_quality_with_the_shipped_scoring(engine, qa_items):
     # rag/data/scoring.json is fitted on all 586 questions (qa_residents.jsonl too), whose colloquial
-    # and near-miss questions make it refuse more of these than a fit on these alone would
+    # and near-miss questions make it refuse more of these than a fit on these alone would (measured 0.833)
     res = evaluate_answers(engine, qa_items, ask=engine.ask)
-    assert res["answer_accuracy"] >= 0.55, res["failures"]
+    assert res["answer_accuracy"] >= 0.80, res["failures"]
     assert res["refusal_accuracy"] >= 0.90, res["failures"]
     assert res["citations_verbatim"] == 1.0
 

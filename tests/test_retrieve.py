@@ -68,7 +68,8 @@ def test_cli_search_batch_json(index_dir):
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
     assert len(rows) == 3
     assert rows[0]["query"] == "格尔木的开发区在全国排第几？"
-    assert set(rows[0]["hits"][0]) == {"rank", "score", "chunk_id", "article_id", "title", "source", "text"}
+    assert set(rows[0]["hits"][0]) == {"rank", "score", "chunk_id", "article_id", "title", "source", "text",
+                                       "paper", "date", "page", "region", "city"}  # page metadata (b718ed5)
     assert "128位" in rows[0]["hits"][0]["text"]
     assert "error" in rows[1] and rows[1]["hits"] == []
     assert "西宁" in rows[2]["hits"][0]["title"]
