@@ -366,7 +366,8 @@ def _mount_chat(app: FastAPI, index_dir: Path, seeds, settings: Settings | None,
     """The Gradio chat at ``/``; with a key, a login whose password is the key (any user name)."""
     import gradio as gr
 
-    from .ui import CSS, HEAD, build_app
+    from .ui import build_app
+    from .webpage import CSS, HEAD
 
     demo = build_app(index_dir, seeds, settings)
     auth = None
@@ -383,7 +384,7 @@ def _mount_chat(app: FastAPI, index_dir: Path, seeds, settings: Settings | None,
 
 
 class ChinesePage:
-    """The chat's HTML page as a Chinese page: ``<html lang="zh-CN">``, and ``head`` (rag.ui.HEAD) put
+    """The chat's HTML page as a Chinese page: ``<html lang="zh-CN">``, and ``head`` (rag.webpage.HEAD) put
     first into its <head>, before Gradio's scripts choose their interface language."""
 
     def __init__(self, app, head: str):
@@ -425,17 +426,9 @@ def serve(index_dir: str | Path = "index", seeds: str | Path | None = "seeds", *
     _check_bindable(host, port)  # before minutes of loading, not after
     options = options or ApiOptions()
     try:
-        from .pipeline import get_engine
+        from .pipeline import warm_up
 
-        engine = get_engine(index_dir, settings=settings)
-        engine.encoder  # load the model before the first visitor
-        if seeds is not None:
-            from .index import stale_pages
-            from .ingest import list_pages
-
-            stale = stale_pages(engine.index.manifest, list_pages(seeds))
-            if stale:
-                log.warning("the index is stale (%s changed); run `rag index`", ", ".join(stale[:3]))
+        warm_up(index_dir, seeds, settings)
     except RagError as exc:
         log.warning("%s — the API and chat will say so until the index is built", exc)
     if not options.api_key and host not in ("127.0.0.1", "localhost", "::1"):

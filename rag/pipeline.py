@@ -29,7 +29,7 @@ from .storage import writer_lock
 from .types import Answer, Article, Hit, to_dict
 from .zh import extract_terms
 
-__all__ = ["describe_collection", "load_articles", "build_index", "add_pages", "index_status", "verify_index", "Engine", "get_engine", "explain_fallback"]
+__all__ = ["describe_collection", "load_articles", "build_index", "add_pages", "index_status", "verify_index", "Engine", "get_engine", "warm_up", "explain_fallback"]
 
 log = logging.getLogger("rag")
 
@@ -385,4 +385,18 @@ def get_engine(index_dir: str | Path = "index", *, seeds: str | Path | None = No
             _engines[key] = engine
     if seeds is not None:
         check_fresh(engine.index, list_pages(seeds))
+    return engine
+
+
+def warm_up(index_dir: str | Path, seeds: str | Path | None, settings: Settings | None = None) -> Engine:
+    """Load the index and its model before the first visitor of a server; warn if pages changed since.
+
+    Raises RagError when there is no usable index (the server then says so to each visitor).
+    """
+    engine = get_engine(index_dir, settings=settings)
+    engine.encoder  # load the model now, not on the first question
+    if seeds is not None:
+        stale = stale_pages(engine.index.manifest, list_pages(seeds))
+        if stale:
+            log.warning("the index is stale (%s changed); run `rag index`", ", ".join(stale[:3]))
     return engine

@@ -15,9 +15,8 @@ from .config import Settings
 from .errors import BadInput, RagError
 from .meta import Filters, describe_source
 from .pipeline import explain_fallback
-from .webpage import CSS, HEAD
 
-__all__ = ["build_app", "serve", "EXAMPLES", "HEAD", "CSS"]
+__all__ = ["build_app", "EXAMPLES"]
 
 log = logging.getLogger("rag")
 
@@ -392,34 +391,3 @@ def _usable_examples(backend: _Backend) -> list[str]:
         out += [f"{a.title}的主要内容是什么？" for a in list(engine.index.articles.values())[:5]
                 if a.kind == "article" and not a.provisional_title]
     return out[:6]
-
-
-def serve(index_dir: str | Path = "index", seeds: str | Path | None = "seeds", *, host: str = "127.0.0.1",
-          port: int = 7860, settings: Settings | None = None, block: bool = True):
-    """Build the app and serve it (blocking unless ``block=False``); returns the Blocks."""
-    import gradio as gr
-
-    if not 0 < port < 65536:
-        raise RagError(f"port must be between 1 and 65535, got {port}")
-    try:
-        from .pipeline import get_engine
-
-        engine = get_engine(index_dir, settings=settings)
-        engine.encoder  # load the model before the first visitor
-        if seeds is not None:
-            from .index import stale_pages
-            from .ingest import list_pages
-
-            stale = stale_pages(engine.index.manifest, list_pages(seeds))
-            if stale:
-                log.warning("the index is stale (%s changed); run `rag index`", ", ".join(stale[:3]))
-    except RagError as exc:
-        log.warning("%s — the chat will say so until the index is built", exc)
-    demo = build_app(index_dir, seeds, settings)
-    log.info("serving the chat on http://%s:%d", host, port)
-    try:
-        demo.launch(server_name=host, server_port=port, prevent_thread_lock=not block, show_error=False,
-                    quiet=True, ssr_mode=False, css=CSS, theme=gr.themes.Soft(), head=HEAD, footer_links=[])
-    except OSError as exc:
-        raise RagError(f"cannot serve on {host}:{port}: {exc}") from None
-    return demo
