@@ -14,6 +14,8 @@ how a citation names its source.
 from __future__ import annotations
 
 import datetime as dt
+import json
+import os
 import re
 import tomllib
 from dataclasses import dataclass, fields, replace
@@ -22,7 +24,7 @@ from pathlib import Path
 from .errors import BadInput
 
 __all__ = ["SIDECAR", "PageMeta", "Filters", "read_sidecar", "find_masthead_date", "page_meta", "source_label",
-           "name_local_city", "describe_source", "check_date"]
+           "name_local_city", "describe_source", "check_date", "set_sidecar_entry"]
 
 SIDECAR = "pages.toml"
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -201,3 +203,36 @@ class Filters:
         if self.since or self.until:
             parts.append(f"日期 {self.since or '…'} 至 {self.until or '…'}")
         return "、".join(parts)
+
+
+def _entry_span(lines: list[str], name: str) -> tuple[int, int] | None:
+    """The [start, end) lines of ``name``'s table in pages.toml (its header to the next header)."""
+    header = f"[{json.dumps(name, ensure_ascii=False)}]"
+    start = next((i for i, line in enumerate(lines) if line.split("#")[0].strip() == header), None)
+    if start is None:
+        return None
+    end = next((j for j in range(start + 1, len(lines)) if lines[j].lstrip().startswith("[")), len(lines))
+    return start, end
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    part = path.with_name(f".{path.name}.part-{os.getpid()}")
+    part.write_text(text, encoding="utf-8")
+    os.replace(part, path)
+
+
+def set_sidecar_entry(folder: str | Path, name: str, meta: PageMeta | None) -> None:
+    """Write (``meta``) or drop (None) the entry of page ``name`` in ``folder/pages.toml``, keeping the
+    rest of the file (comments too) as it is; the file is replaced atomically."""
+    path = Path(folder) / SIDECAR
+    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    span = _entry_span(lines, name)
+    if span:
+        lines[span[0]:span[1]] = []
+    if meta is not None:
+        if lines and lines[-1].strip():
+            lines.append("")
+        lines.append(f"[{json.dumps(name, ensure_ascii=False)}]")
+        lines += [f"{k} = {json.dumps(v or '', ensure_ascii=False)}" for k, v in meta.fields().items()]
+    if lines or path.is_file():
+        _write_atomically(path, "\n".join(lines).rstrip("\n") + "\n")

@@ -19,7 +19,7 @@ from .config import INDEX_SETTINGS, Settings
 from .errors import BadInput, IndexFormat, IndexNotFound
 from .index import Index, check_fresh, load_index, seed_hashes, sidecar_hash, stale_pages, write_index
 from .ingest import MAX_PAGE_CHUNKS, list_pages, page_name_problem, read_page
-from .meta import Filters, read_sidecar, page_meta
+from .meta import SIDECAR, Filters, PageMeta, page_meta, read_sidecar, set_sidecar_entry
 from .query import resolve_followup
 from .retrieve import check_query
 from .score import ScoringParams
@@ -29,7 +29,7 @@ from .storage import writer_lock
 from .types import Answer, Article, Hit, to_dict
 from .zh import extract_terms
 
-__all__ = ["describe_collection", "load_articles", "build_index", "add_pages", "index_status", "verify_index", "Engine", "get_engine", "warm_up", "explain_fallback"]
+__all__ = ["describe_collection", "load_articles", "build_index", "add_pages", "remove_pages", "index_status", "verify_index", "Engine", "get_engine", "warm_up", "explain_fallback"]
 
 log = logging.getLogger("rag")
 
@@ -142,13 +142,15 @@ def _build_index(seeds: str | Path, index_dir: str | Path, *, settings: Settings
 
 
 def add_pages(files: list[str | Path], index_dir: str | Path = "index", *, seeds: str | Path = "seeds",
-              settings: Settings | None = None, wait: bool = True) -> dict:
+              settings: Settings | None = None, wait: bool = True, meta: dict[str, PageMeta] | None = None) -> dict:
     """Add (or replace) pages in an existing index, embedding only their chunks.
 
     Each file is also copied into ``seeds`` (if it is not there already) so that the seeds folder
     and the index keep describing the same pages; so a file must be one the seeds scan reads
     (``*.txt``, not hidden). The index's writer lock is held from reading the old index to writing
     the new one, so concurrent adds all land: another writer is waited for (``wait``) or refused.
+    ``meta`` (page name -> PageMeta) is written into the seeds' ``pages.toml`` under the same lock,
+    and put back as it was if the add fails.
     """
     for f in files:
         why = page_name_problem(Path(f).name)
@@ -160,7 +162,76 @@ def add_pages(files: list[str | Path], index_dir: str | Path = "index", *, seeds
     if twice:
         raise BadInput(f"two of the files have the same name ({', '.join(twice)}); a page is known by its file name")
     with writer_lock(index_dir, wait=wait):
-        return _add_pages(files, index_dir, seeds=seeds, settings=settings)
+        sidecar = Path(seeds) / SIDECAR
+        before = sidecar.read_text(encoding="utf-8") if sidecar.is_file() else None
+        try:
+            for name, page_meta_ in (meta or {}).items():
+                set_sidecar_entry(seeds, name, page_meta_)
+            return _add_pages(files, index_dir, seeds=seeds, settings=settings)
+        except BaseException:
+            if meta:
+                _restore(sidecar, before)
+            raise
+
+
+def _restore(path: Path, text: str | None) -> None:
+    if text is None:
+        path.unlink(missing_ok=True)
+    else:
+        part = path.with_name(f".{path.name}.part-{os.getpid()}")
+        part.write_text(text, encoding="utf-8")
+        os.replace(part, path)
+
+
+def remove_pages(names: list[str], index_dir: str | Path = "index", *, seeds: str | Path = "seeds",
+                 wait: bool = True) -> dict:
+    """Remove pages (by file name) from the index, the seeds folder and its ``pages.toml``.
+
+    Under the index's writer lock; the index is written atomically, and if that fails the page file
+    and its metadata are put back.
+    """
+    with writer_lock(index_dir, wait=wait):
+        return _remove_pages(names, Path(index_dir), Path(seeds))
+
+
+def _remove_pages(names: list[str], index_dir: Path, seeds: Path) -> dict:
+    from .embed import get_encoder
+
+    index = load_index(index_dir)
+    known = {a.source for a in index.articles.values()}
+    missing = sorted(set(names) - known)
+    if missing:
+        raise BadInput(f"not in the index: {', '.join(missing)}")
+    if not known - set(names):
+        raise BadInput("cannot remove every page: an index needs at least one page")
+    articles = [a for a in index.articles.values() if a.source not in names]
+    kept_ids = {a.article_id for a in articles}
+    rows = [i for i, c in enumerate(index.chunks) if c.article_id in kept_ids]
+    sidecar = seeds / SIDECAR
+    before = sidecar.read_text(encoding="utf-8") if sidecar.is_file() else None
+    moved = []
+    try:
+        for name in names:  # kept aside (hidden) until the new index is in place
+            if (seeds / name).is_file():
+                aside = seeds / f".{name}.removed-{os.getpid()}"
+                os.replace(seeds / name, aside)
+                moved.append((aside, seeds / name))
+            set_sidecar_entry(seeds, name, None)
+        sentences, sentence_vectors = _sentences(articles, get_encoder(index.settings), old=index)
+        hashes = {k: v for k, v in index.manifest.get("seeds", {}).items() if k not in names}
+        write_index(index_dir, articles=articles, chunks=[index.chunks[i] for i in rows],
+                    vectors=index.vectors()[rows], settings=index.settings, model_name=index.model, seeds=hashes,
+                    terms=_terms(articles), sentences=sentences, sentence_vectors=sentence_vectors,
+                    page_meta_sha256=sidecar_hash(seeds))
+    except BaseException:
+        for aside, target in moved:
+            os.replace(aside, target)
+        _restore(sidecar, before)
+        raise
+    for aside, _ in moved:
+        aside.unlink(missing_ok=True)
+    _engines.clear()
+    return {"removed_pages": sorted(names), "articles": len(articles), "chunks": len(rows)}
 
 
 def _add_pages(files: list[str | Path], index_dir: str | Path, *, seeds: str | Path,
