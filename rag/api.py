@@ -369,7 +369,7 @@ def _mount_chat(app: FastAPI, index_dir: Path, seeds, settings: Settings | None,
     from .ui import build_app
     from .webpage import CSS, HEAD
 
-    demo = build_app(index_dir, seeds, settings)
+    demo = build_app(index_dir, seeds, settings, allow_upload=options.allow_uploads)
     auth = None
     if options.api_key:
         key = options.api_key.encode()

@@ -312,7 +312,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     options = ApiOptions(api_key=args.api_key or os.environ.get("RAG_API_KEY") or None,
                          max_body_bytes=args.max_body, rate_per_minute=args.rate_limit, burst=args.burst,
-                         allow_uploads=args.allow_uploads, cors_origins=tuple(args.cors_origin or ()))
+                         allow_uploads=args.allow_uploads or os.environ.get("RAG_ALLOW_UPLOAD", "") in ("1", "true", "yes"),
+                         cors_origins=tuple(args.cors_origin or ()))
     serve(index_dir=args.index, seeds=args.seeds, host=args.host, port=args.port, settings=_settings(args),
           options=options)
     return 0
@@ -431,7 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate-limit", type=float, default=120, metavar="PER_MINUTE",
                    help="API requests per minute per client address, 0 for none (default: 120)")
     p.add_argument("--burst", type=int, default=30, help="requests a client may make at once (default: 30)")
-    p.add_argument("--allow-uploads", action="store_true", help="open Gradio's file upload route (closed by default)")
+    p.add_argument("--allow-upload", "--allow-uploads", dest="allow_uploads", action="store_true",
+                   help="let the chat's 资料库 tab upload, add and remove pages (also RAG_ALLOW_UPLOAD=1); "
+                        "opens Gradio's upload route, closed by default")
     p.add_argument("--cors-origin", action="append", metavar="ORIGIN",
                    help="allow browser calls from this origin (repeatable; default: CORS off)")
     llm_opts(p)

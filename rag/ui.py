@@ -83,8 +83,8 @@ def _filters(paper, region, since, until) -> Filters | None:
 
 
 def build_app(index_dir: str | Path = "index", seeds: str | Path | None = "seeds",
-              settings: Settings | None = None):
-    """The Gradio Blocks app (not launched)."""
+              settings: Settings | None = None, *, allow_upload: bool = False):
+    """The Gradio Blocks app (not launched); ``allow_upload`` lets the 资料库 tab add and remove pages."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio as gr
 
@@ -301,6 +301,10 @@ def build_app(index_dir: str | Path = "index", seeds: str | Path | None = "seeds
                                        elem_id="article-pick")
             browse_meta = gr.Markdown(first_meta)
             browse_view = gr.HighlightedText(value=value, label=title, show_legend=False, elem_id="browse-view")
+        with gr.Tab("资料库", elem_id="library-tab"):
+            from .library import library_tab
+
+            library_tab(gr, demo, backend, allow_upload)
 
         # Gradio passes the request to parameters annotated gr.Request; the annotations here are
         # strings (postponed), which it cannot resolve since gradio is imported in this function

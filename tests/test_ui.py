@@ -23,11 +23,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(index, seeds, tmp):
+def _start(index, seeds, tmp, *extra: str):
     port = _free_port()
     log = open(tmp / f"serve-{port}.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "rag", "serve", "--index", str(index), "--seeds", str(seeds),
-                             "--port", str(port)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+                             "--port", str(port), *extra], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 240
     while time.time() < deadline:
