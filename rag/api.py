@@ -351,9 +351,9 @@ def build_server(index_dir: str | Path = "index", seeds: str | Path | None = "se
                            f"method {request.method} not allowed on {request.url.path}")
         raise ApiError(404, "not_found_error", "找不到该地址", f"no route {request.url.path}")
 
-    if chat:
-        _mount_chat(app, index_dir, seeds, settings, options)
-    app.add_middleware(Gate, options=options, buckets=TokenBuckets(options.rate_per_minute, options.burst))
+    chat_events = _mount_chat(app, index_dir, seeds, settings, options) if chat else frozenset()
+    app.add_middleware(Gate, options=options, buckets=TokenBuckets(options.rate_per_minute, options.burst),
+                       chat_events=chat_events)
     if options.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
@@ -362,8 +362,15 @@ def build_server(index_dir: str | Path = "index", seeds: str | Path | None = "se
     return app
 
 
-def _mount_chat(app: FastAPI, index_dir: Path, seeds, settings: Settings | None, options: ApiOptions) -> None:
-    """The Gradio chat at ``/``; with a key, a login whose password is the key (any user name)."""
+# the chat's handlers the rate limit counts: a question (typed, an example, the Gradio /ask endpoint) and the
+# 资料库 tab's uploads and writes; the page's other events (restore, open a source, copy…) are not counted
+_COUNTED = ("respond", "api_ask", "on_upload", "on_add", "on_remove")
+
+
+def _mount_chat(app: FastAPI, index_dir: Path, seeds, settings: Settings | None,
+                options: ApiOptions) -> frozenset[int]:
+    """The Gradio chat at ``/``; with a key, a login whose password is the key (any user name).
+    Returns the fn_index of the chat's page events that do not ask a question."""
     import gradio as gr
 
     from .ui import build_app
@@ -381,6 +388,7 @@ def _mount_chat(app: FastAPI, index_dir: Path, seeds, settings: Settings | None,
                         "password (any user name)", show_error=False, ssr_mode=False, css=CSS,
                         theme=gr.themes.Soft(), max_file_size=options.max_body_bytes, footer_links=[])
     app.add_middleware(ChinesePage, head=HEAD)
+    return frozenset(i for i, f in demo.fns.items() if getattr(f.fn, "__name__", None) not in _COUNTED)
 
 
 class ChinesePage:

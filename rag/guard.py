@@ -122,8 +122,11 @@ class Gate:
     body size (413, from the header or while reading, before any parsing), and a last catch so that
     an unexpected error is one log line and a JSON 500, never a traceback."""
 
-    def __init__(self, app, options: ApiOptions, buckets: TokenBuckets):
+    def __init__(self, app, options: ApiOptions, buckets: TokenBuckets, chat_events: frozenset[int] = frozenset()):
         self.app, self.options, self.buckets = app, options, buckets
+        # the chat's own page events (restore on load, open a source, copy, …): not counted, only
+        # questions are, so one reader clicking through sources is never refused (fn_index of queue/join)
+        self.chat_events = chat_events
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -132,6 +135,8 @@ class Gate:
         try:
             self._check(scope, method, path)
             body = await self._read_body(receive, method)
+            if body is not None and self._counted(method, path, body):
+                self._take(scope)
         except ApiError as err:
             log_error(method, path, err)
             return await _send_error(send, err)
@@ -169,14 +174,6 @@ class Gate:
             raise ApiError(403, "permission_error", "本服务不接受上传文件",
                            "uploads are closed on this server (rag serve --allow-uploads opens them)")
         is_api = path.startswith(_API_PREFIXES) or path in ("/api", "/v1")
-        if is_api or (method == "POST" and path.startswith("/gradio_api/")):
-            client = (scope.get("client") or ("?", 0))[0]
-            wait = self.buckets.take(client)
-            if wait:
-                seconds = max(1, math.ceil(wait))
-                raise ApiError(429, "rate_limit_error", f"请求太频繁，请 {seconds} 秒后再试",
-                               f"too many requests from this client; retry after {seconds} s",
-                               headers={"Retry-After": str(seconds)})
         if opts.api_key and (is_api or path == "/healthz") and method != "OPTIONS":
             scheme, _, token = headers.get("authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), opts.api_key.encode()):
@@ -189,6 +186,28 @@ class Gate:
                 raise ApiError(400, "invalid_request_error", "Content-Length 无效", f"bad Content-Length {length[:20]!r}")
             if int(length) > opts.max_body_bytes:
                 raise self._too_large()
+
+    def _counted(self, method: str, path: str, body: bytes) -> bool:
+        """Whether a request takes a token: every API request and every chat POST but its page events."""
+        if path.startswith(_API_PREFIXES) or path in ("/api", "/v1"):
+            return True
+        if method != "POST" or not path.startswith("/gradio_api/"):
+            return False
+        if path == "/gradio_api/queue/join" and self.chat_events:
+            try:
+                return json.loads(body).get("fn_index") not in self.chat_events
+            except (ValueError, AttributeError):
+                return True
+        return True
+
+    def _take(self, scope) -> None:
+        client = (scope.get("client") or ("?", 0))[0]
+        wait = self.buckets.take(client)
+        if wait:
+            seconds = max(1, math.ceil(wait))
+            raise ApiError(429, "rate_limit_error", f"请求太频繁，请 {seconds} 秒后再试",
+                           f"too many requests from this client; retry after {seconds} s",
+                           headers={"Retry-After": str(seconds)})
 
     def _too_large(self) -> ApiError:
         limit = self.options.max_body_bytes

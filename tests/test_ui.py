@@ -391,3 +391,16 @@ def test_local_model_can_be_stopped_and_says_so_in_chinese(page, artifacts_dir):
     assert "核对中" not in chat and "670" in chat
     if "已停止" in page.locator("#answer-state").inner_text():  # stopped before the model finished
         assert "已停止本地模型" in chat
+
+
+def test_a_reader_clicking_through_sources_is_never_rate_limited(page):
+    """The rate limit (30 at once, 120 a minute per address) counts questions, not a reader's clicks."""
+    _ask(page, "西宁在动力电池产能城市中排第几？", "第八")
+    _ask(page, "格尔木的开发区在全国排第几？", "128位")
+    for i in range(40):  # more clicks than the burst allows requests
+        first = i % 2 == 0
+        _open_marker(page, 1, 0 if first else 1)
+        page.wait_for_function("(t) => [...document.querySelectorAll(" + repr(HIGHLIGHT) + ")]"
+                               ".some(m => m.textContent.includes(t))",
+                               arg="西宁跻身" if first else "位列128位", timeout=15_000)
+    _ask(page, "电子劳动合同有什么好处？", "[1]")
