@@ -114,6 +114,10 @@ async def _send_error(send, err: ApiError) -> None:
 
 
 _API_PREFIXES = ("/api/", "/v1/")
+
+
+def _is_api(path: str) -> bool:
+    return path.startswith(_API_PREFIXES) or path in ("/api", "/v1")
 _UPLOAD_PATHS = ("/upload", "/gradio_api/upload", "/upload_progress", "/gradio_api/upload_progress")
 
 
@@ -173,8 +177,7 @@ class Gate:
         if path.rstrip("/") in _UPLOAD_PATHS and not opts.allow_uploads:
             raise ApiError(403, "permission_error", "本服务不接受上传文件",
                            "uploads are closed on this server (rag serve --allow-uploads opens them)")
-        is_api = path.startswith(_API_PREFIXES) or path in ("/api", "/v1")
-        if opts.api_key and (is_api or path == "/healthz") and method != "OPTIONS":
+        if opts.api_key and (_is_api(path) or path == "/healthz") and method != "OPTIONS":
             scheme, _, token = headers.get("authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), opts.api_key.encode()):
                 raise ApiError(401, "authentication_error", "缺少或错误的 API 密钥",
@@ -189,7 +192,7 @@ class Gate:
 
     def _counted(self, method: str, path: str, body: bytes) -> bool:
         """Whether a request takes a token: every API request and every chat POST but its page events."""
-        if path.startswith(_API_PREFIXES) or path in ("/api", "/v1"):
+        if _is_api(path):
             return True
         if method != "POST" or not path.startswith("/gradio_api/"):
             return False
