@@ -8,6 +8,7 @@ import re
 
 from .errors import BadInput, IndexFormat, IndexNotFound, IndexStale, ModelError, RagError
 from .meta import describe_source, name_local_city, source_label
+from .zh import count_han
 
 __all__ = ["copy_text", "md_text", "link_markers", "source_block", "chinese_message", "page_label", "cite_key", "parse_cite_key"]
 
@@ -89,7 +90,7 @@ def chinese_message(exc: RagError, max_chars: int = 500) -> str:
             return "问题里没有可以检索的文字（只有标点、符号或表情）。"
         if text.startswith(("请", "没有")):
             return text.split(" (no article")[0]
-    return text if re.search(r"[\u4e00-\u9fff]", text[:8]) else f"出错了：{text}"
+    return text if count_han(text[:8]) else f"出错了：{text}"
 
 
 def page_label(paper: str | None, date: str | None, page: str | None, region: str | None, first_title: str,

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import BadInput
+from .zh import count_han
 
 __all__ = ["Page", "read_page", "list_pages", "page_name_problem", "decode_line", "argument_text", "clean_question",
            "MAX_PAGE_BYTES", "MAX_PAGE_CHARS", "MAX_PAGE_CHUNKS", "PAGE_SUFFIXES"]
@@ -81,7 +82,7 @@ def _decode(data: bytes, name: str) -> tuple[str, str]:
         text = data.decode("gb18030")
     except UnicodeDecodeError as exc:
         raise BadInput(f"{name}: is neither UTF-8 nor GB18030/GBK text (undecodable byte at {exc.start})") from None
-    han = sum(1 for c in text if "\u4e00" <= c <= "\u9fff")
+    han = count_han(text)
     if han < max(1, len(text.strip()) // 10):
         raise BadInput(f"{name}: is not UTF-8, and as GB18030 it does not read as Chinese text")
     return text, "gb18030"

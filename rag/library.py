@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .errors import BadInput, RagError
 from .meta import PageMeta, check_date
+from .zh import HAN, count_han
 
 __all__ = ["page_rows", "page_meta_from_form", "check_upload", "chinese_problem", "library_tab", "TABLE_HEADERS"]
 
@@ -19,7 +20,7 @@ log = logging.getLogger("rag")
 
 TABLE_HEADERS = ["版面文件", "报纸", "日期", "版次", "地区", "文章数", "加入时间"]
 # a page name the seeds folder can hold safely: letters (Chinese too), digits, _ - . and ending .txt
-_SAFE_NAME = re.compile(r"^[0-9A-Za-z\u4e00-\u9fff_][0-9A-Za-z\u4e00-\u9fff_.\-]{0,120}\.txt$")
+_SAFE_NAME = re.compile(rf"^[0-9A-Za-z{HAN}_][0-9A-Za-z{HAN}_.\-]{{0,120}}\.txt$")
 
 # English messages of ingest/pipeline -> what the page says
 _PROBLEMS = [
@@ -43,7 +44,7 @@ def chinese_problem(exc: Exception) -> str:
     for needle, zh in _PROBLEMS:
         if needle in text:
             return zh
-    if isinstance(exc, BadInput) and re.search(r"[\u4e00-\u9fff]", text):
+    if isinstance(exc, BadInput) and count_han(text):
         return text
     if isinstance(exc, RagError):
         return "资料库暂时不可用：" + type(exc).__name__
@@ -168,7 +169,7 @@ def library_tab(gr, demo, backend, allow_upload: bool) -> None:
             summary = add_pages([path], backend.index_dir, seeds=backend.seeds,
                                 meta={Path(path).name: meta} if meta else None, wait=False)
         except BadInput as exc:
-            msg = str(exc) if re.search(r"[\u4e00-\u9fff]", str(exc)) else chinese_problem(exc)
+            msg = str(exc) if count_han(str(exc)) else chinese_problem(exc)
             return keep, keep, "⚠️ " + msg, keep, keep, keep, keep, keep, keep, keep, keep
         except Exception as exc:  # noqa: BLE001
             log.exception("add failed")

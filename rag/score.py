@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from .query import SOFT_TERMS, QuestionInfo, analyze_question
-from .zh import (MEASURE_WORDS, add_place_names, fold_width, local_place_names, place_key, place_names,
-                 relative_years, split_sentences, years_in)
+from .zh import (MEASURE_WORDS, add_place_names, count_han, fold_width, is_han, local_place_names, place_key,
+                 place_names, relative_years, split_sentences, years_in)
 
 __all__ = ["FEATURES", "ScoringParams", "load_scoring", "save_scoring", "Evidence", "Judgement", "fact_match",
            "term_coverage", "place_check", "year_check", "relative_year_check", "describe_sentences", "gather_evidence", "rerank",
@@ -129,7 +129,7 @@ def term_weights(info: QuestionInfo, idf: dict[str, float], *, unknown_idf: floa
     """The weight of each question term: its IDF, little for a generic question noun, more for a
     word the newspapers never use (in a Chinese question: a concept they may not cover, or everyday
     wording for one they do — the similarity feature tells those apart)."""
-    han = sum(1 for ch in info.text if "\u4e00" <= ch <= "\u9fff")
+    han = count_han(info.text)
     english = han < sum(1 for ch in info.text if ch.isascii() and ch.isalpha())
     out = []
     for t in info.terms:
@@ -151,7 +151,7 @@ def coverage(weights: tuple[tuple[str, float], ...], numbers: tuple[str, ...], t
         else:
             # everyday wording shares characters with the paper's ("网签" / 网上签约, "厂子" / 厂):
             # a term whose characters the text holds counts by their share, at most half
-            chars = [c for c in t if "\u4e00" <= c <= "\u9fff"]
+            chars = [c for c in t if is_han(c)]
             share = sum(1 for c in chars if c in text) / len(chars) if len(chars) >= 2 else 0.0
             got += 0.5 * w * max(share, 1.0 if t in context else 0.0)
     for num in numbers:  # a number in the question must be in the evidence: a constraint, ordinary weight
@@ -437,7 +437,7 @@ def _foreign_places_cached(query: str, corpus_id: int, known: tuple[str, ...]) -
     out = []
     for p in pseg.lcut(fold_width(query), HMM=False):
         w = p.word
-        if p.flag == "ns" and len(w) >= 2 and all("\u4e00" <= c <= "\u9fff" for c in w) and w.lower() not in corpus \
+        if p.flag == "ns" and len(w) >= 2 and all(is_han(c) for c in w) and w.lower() not in corpus \
                 and not any(w in k or k in w for k in known):
             out.append(w)
     return tuple(dict.fromkeys(out))

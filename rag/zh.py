@@ -9,12 +9,15 @@ from pathlib import Path
 from typing import Iterable
 
 __all__ = [
-    "is_han", "is_cjk_punct", "TERMINAL", "MEASURE_WORDS", "ends_sentence", "split_sentences", "fold_width",
+    "HAN", "is_han", "count_han", "is_cjk_punct", "TERMINAL", "MEASURE_WORDS", "ends_sentence", "split_sentences", "fold_width",
     "tokenize", "words", "add_user_words", "char_bigrams", "bigram_share", "extract_terms", "numbers_in", "STOPWORDS",
     "place_names", "place_key", "years_in", "relative_years", "RELATIVE_YEARS", "local_place_names", "add_place_names", "spans_word", "to_fullwidth_punct", "cut_words",
 ]
 
 _HAN_RANGES = ((0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF), (0x20000, 0x2FA1F))
+# the same ideographs as the body of a regular-expression class: [{HAN}], [{HAN}\d]
+HAN = "".join(f"{chr(lo)}-{chr(hi)}" for lo, hi in _HAN_RANGES)
+_HAN_RE = re.compile(f"[{HAN}]")
 CJK_PUNCT = set("，。、；：？！“”‘’（）《》〈〉【】『』「」—…·．～﹃﹄〔〕")
 TERMINAL = "。！？!?；;…"
 # measure words that follow a count ("46个", "73人", "3200万元")
@@ -26,6 +29,11 @@ def is_han(ch: str) -> bool:
     """True for a CJK ideograph."""
     cp = ord(ch)
     return any(lo <= cp <= hi for lo, hi in _HAN_RANGES)
+
+
+def count_han(text: str) -> int:
+    """How many CJK ideographs a text holds."""
+    return len(_HAN_RE.findall(text))
 
 
 def is_cjk_punct(ch: str) -> bool:
@@ -119,7 +127,7 @@ def add_user_words(words: Iterable[str]) -> None:
     _tokenize_cached.cache_clear()
 
 
-_TERM_RE = re.compile(r"[“《「『]([\u4e00-\u9fff\dA-Za-z]{2,12})[”》」』]")
+_TERM_RE = re.compile(rf"[“《「『]([{HAN}\dA-Za-z]{{2,12}})[”》」』]")
 
 
 def extract_terms(text: str) -> set[str]:
