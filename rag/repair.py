@@ -11,28 +11,35 @@ import re
 from dataclasses import dataclass
 
 from .types import Segment
-from .zh import CLOSERS, ends_sentence, is_cjk_punct, is_han, spans_word, to_fullwidth_punct
+from .zh import CLOSERS, HAN, ends_sentence, is_cjk_punct, is_han, spans_word, to_fullwidth_punct
 
 __all__ = ["Paragraph", "SpaceReport", "remove_ocr_spaces", "decide_spaces", "should_join", "repair_page",
-           "repair_text", "report_spaces", "slice_segments", "is_table_row", "BLOCK_START_RE", "BYLINE_LINE_RE",
-           "JUMP_RE", "ROLE", "CREDIT_TAIL"]
+           "report_spaces", "slice_segments", "is_table_row", "BLOCK_START_RE", "BYLINE_LINE_RE",
+           "JUMP_RE", "ROLE", "CREDIT_TAIL", "NEWS_LEAD", "CAPTION_START", "CONTINUED_FROM"]
 
 # The people a byline names: 记者, 本报记者, 特约记者, 通讯员, 评论员, 实习生, 作者 ...
 ROLE = r"(?:本报|特约|见习|首席|摄影)?(?:记者|通讯员|评论员|实习生)|作者"
 _MARKS = "□■►▶●◆▲★☆"
+# The newspaper's own markers (segment.py reads them from here):
+# a news lead: 本报讯, or a dateline (本报杭州3月12日电, 新华社北京3月12日电)
+NEWS_LEAD = rf"(?:本\s?报\s?讯|(?:本报|[{HAN}]{{1,4}}社)[{HAN}]{{0,8}}(?:\d{{1,2}}月)?\d{{1,2}}日电)"
+# the start of a photo caption: 图①：, 图为, 本版图文
+CAPTION_START = r"图[①-⑳\d一二三四五六七八九十]*[：:]|图为|本版图文"
+# a continuation from another page, in brackets: （上接第一版）
+CONTINUED_FROM = r"上接|接上|紧接"
 # Lines that always begin a new block: news leads, continuations and jumps, captions, bylines, list items.
 BLOCK_START_RE = re.compile(
-    rf"^(本\s?报\s?讯|(?:本报|[\u4e00-\u9fff]{{1,4}}社)[\u4e00-\u9fff]{{0,8}}(?:\d{{1,2}}月)?\d{{1,2}}日电|[{_MARKS}]|[（(]\s*(上接|下转|接上|紧接|转第)|图[①-⑳\d一二三四五六七八九十]*[：:]|图为|本版图文|"
+    rf"^({NEWS_LEAD}|[{_MARKS}]|[（(]\s*({CONTINUED_FROM}|下转|转第)|{CAPTION_START}|"
     rf"[（(]\s*(?:{ROLE})[^）)]{{0,40}}[）)]\s*$)"
 )
 # Lines that stand alone as a byline: a marked name line (□ 记者 汤红红, ► 李媛 刘文研), a role and names
 # (本报记者 覃岚), or a role in brackets ((记者 张艳艳), （作者系…副教授 方卫东）).
 BYLINE_LINE_RE = re.compile(
-    rf"^([{_MARKS}]\s*[^，。；！？,;!?：:]{{1,30}}|(?:[文图][/／]|文图[/／])?\s*(?:{ROLE})\s*[\u4e00-\u9fff]{{2,4}}"
-    rf"(?:\s*(?:{ROLE})?\s*[\u4e00-\u9fff]{{2,4}}){{0,4}}(?:\s*(?:文[/／]图|报道|摄影?))?"
+    rf"^([{_MARKS}]\s*[^，。；！？,;!?：:]{{1,30}}|(?:[文图][/／]|文图[/／])?\s*(?:{ROLE})\s*[{HAN}]{{2,4}}"
+    rf"(?:\s*(?:{ROLE})?\s*[{HAN}]{{2,4}}){{0,4}}(?:\s*(?:文[/／]图|报道|摄影?))?"
     rf"|[（(]\s*(?:{ROLE})[^）)]{{0,40}}(?<!摄)[）)])$"
 )
-_NAME_RE = re.compile(r"^[\u4e00-\u9fff]{2,4}$")
+_NAME_RE = re.compile(rf"^[{HAN}]{{2,4}}$")
 # a jump to another page, on its own line or ending a paragraph: （下转第三版）, 转第4版; or an end mark （完）
 JUMP_RE = re.compile(r"\s*(?:[（(]\s*(?:下转|转第?|转至)[^）)]{0,10}[）)]|转第?[\d一二三四五六七八九十]+版|"
                      r"[（(](?:完|全文完|待续|未完待续)[）)])\s*$")
@@ -42,12 +49,12 @@ _PAIRS = {"“": "”", "‘": "’", "「": "」", "『": "』", "（": "）", 
 # a photo credit standing on its own line: 宜春丰城高新区供图, （本报记者 摄）
 # the credit ends in 供图, or in 摄 after a space, a role, or a name after the caption's sentence
 # ("（本报记者 摄）", "李明 摄", "…技艺。李然摄"), never a word such as 拍摄 that a body line may end with
-CREDIT_TAIL = (r"(?:供图|\s摄影?|(?:记者|通讯员|摄影师?)\s*[\u4e00-\u9fff]{0,4}\s*摄|[／/]\s*摄|"
-               r"(?<=[。！？”])\s*[\u4e00-\u9fff]{2,4}\s*摄影?)\s*[）)]?$")
+CREDIT_TAIL = (rf"(?:供图|\s摄影?|(?:记者|通讯员|摄影师?)\s*[{HAN}]{{0,4}}\s*摄|[／/]\s*摄|"
+               rf"(?<=[。！？”])\s*[{HAN}]{{2,4}}\s*摄影?)\s*[）)]?$")
 _CREDIT_LINE_RE = re.compile(rf"^[（(]?[^，。,]{{0,30}}{CREDIT_TAIL}")
 # a table cell: a short run of Chinese characters and figures ("销售收入", "501.5亿元")
-_CELL_RE = re.compile(r"^[\u4e00-\u9fff\d.%％]{1,10}$")
-_FIGURE_CELL_RE = re.compile(r"^\d[\d.]*[%％\u4e00-\u9fff]+$")
+_CELL_RE = re.compile(rf"^[{HAN}\d.%％]{{1,10}}$")
+_FIGURE_CELL_RE = re.compile(rf"^\d[\d.]*[%％{HAN}]+$")
 
 
 @dataclass(frozen=True)
@@ -306,8 +313,3 @@ def report_spaces(raw: str) -> SpaceReport:
     report: dict = {"dropped": 0, "kept": [], "punct": 0}
     _split_lines(raw, report)
     return SpaceReport(report["dropped"], tuple(report["kept"]), report["punct"])
-
-
-def repair_text(raw: str) -> str:
-    """The repaired page as plain text, one paragraph a line."""
-    return "\n".join(p.text for p in repair_page(raw))

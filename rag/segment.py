@@ -13,31 +13,30 @@ import re
 from dataclasses import dataclass, field, replace
 from pathlib import PurePath
 
-from .repair import (BYLINE_LINE_RE, CREDIT_TAIL, JUMP_RE as _JUMP_RE, ROLE, Paragraph, SpaceReport, is_table_row, repair_page,
-                     report_spaces, slice_segments)
+from .repair import (BYLINE_LINE_RE, CAPTION_START, CONTINUED_FROM, CREDIT_TAIL, JUMP_RE as _JUMP_RE, NEWS_LEAD, ROLE,
+                     Paragraph, SpaceReport, is_table_row, repair_page, report_spaces, slice_segments)
 from .types import Article, Segment
-from .zh import bigram_share, char_bigrams, cut_words, ends_sentence, split_sentences
+from .zh import HAN, bigram_share, char_bigrams, cut_words, ends_sentence, split_sentences
 
 __all__ = ["segment_page", "read_layout", "PageLayout", "render_report", "render_totals", "headline_similarity",
            "clean_byline",
            "provisional_title"]
 
 # captions: numbered or "图为" lines, and lines that end in a credit (…供图, （本报记者 摄）, 摄影：…)
-_CAPTION_RE = re.compile(r"^(图[①-⑳\d一二三四五六七八九十]*[：:]|图为|本版图文|（?摄影?[：:])|" + CREDIT_TAIL)
+_CAPTION_RE = re.compile(rf"^({CAPTION_START}|（?摄影?[：:])|" + CREDIT_TAIL)
 _CREDIT_ONLY_RE = re.compile(r"^[（(]?[^，。,]{0,30}" + CREDIT_TAIL + r"|^本版图文")
 _NUMBERED_CAPTION_RE = re.compile(r"^图[①-⑳\d一二三四五六七八九十]+[：:]")
 # an editor's note before a story or column
 _NOTE_RE = re.compile(r"^(编者按|编者的话|编前)[：:]")
 # who is where in a photo: 张建国（右）, （前排左二）
 _POSITION_RE = re.compile(r"[（(](?:前排|后排|中间)?[左右中][一二三四五六\d]?[）)]")
-# a news lead: 本报讯, or a dateline (本报杭州3月12日电, 新华社北京3月12日电), with the byline in brackets
-_LEAD = r"(?:本\s?报\s?讯|(?:本报|[\u4e00-\u9fff]{1,4}社)[\u4e00-\u9fff]{0,8}(?:\d{1,2}月)?\d{1,2}日电)"
-_LEAD_RE = re.compile(rf"^{_LEAD}\s*[（(]([^）)]{{0,40}})[）)]\s*")
-_LEAD_BARE_RE = re.compile(rf"^{_LEAD}\s*")
+# a news lead (repair.NEWS_LEAD) with the byline in brackets
+_LEAD_RE = re.compile(rf"^{NEWS_LEAD}\s*[（(]([^）)]{{0,40}})[）)]\s*")
+_LEAD_BARE_RE = re.compile(rf"^{NEWS_LEAD}\s*")
 # or with the byline unbracketed, closed by 报道: "本报讯 记者 刘伟 报道：…"
-_LEAD_SAYS_RE = re.compile(rf"^{_LEAD}\s*((?:{ROLE})\s*[\u4e00-\u9fff\s]{{2,24}}?)\s*报道\s*[：:，,]?\s*")
-_CONT_RE = re.compile(r"^[（(]\s*(上接|接上|紧接)[^）)]{0,12}[）)]\s*")
-_NAME_RE = re.compile(r"^[\u4e00-\u9fff]{2,4}(\s+[\u4e00-\u9fff]{2,4}){0,3}$")
+_LEAD_SAYS_RE = re.compile(rf"^{NEWS_LEAD}\s*((?:{ROLE})\s*[{HAN}\s]{{2,24}}?)\s*报道\s*[：:，,]?\s*")
+_CONT_RE = re.compile(rf"^[（(]\s*({CONTINUED_FROM})[^）)]{{0,12}}[）)]\s*")
+_NAME_RE = re.compile(rf"^[{HAN}]{{2,4}}(\s+[{HAN}]{{2,4}}){{0,3}}$")
 # common surnames: a bare line of two to four characters is an author's name only if it opens with one
 _SURNAMES = set("王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾肖田董袁潘于蒋蔡余杜叶程苏魏吕丁任"
                 "沈姚卢姜崔钟谭陆汪范金石廖贾夏韦付方白邹孟熊秦邱江尹薛闫段雷侯龙史陶黎贺顾毛郝龚邵万钱严覃武戴莫孔"
