@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ModelError
+from .storage import swap_into_place
 
 __all__ = ["E5File", "read_e5_file", "dequantize_q4_0", "convert", "bundled_weight_path", "FORMAT"]
 
@@ -315,14 +316,7 @@ def convert(weight_file: str | Path, out_dir: str | Path, *, fp16: bool = True) 
         for p in tmp.rglob("*"):  # safetensors writes owner-only files; the cache is shared
             os.chmod(p, 0o755 if p.is_dir() else 0o644)
         os.chmod(tmp, 0o755)
-        if out_dir.exists():
-            old = out_dir.with_name(out_dir.name + ".old")
-            shutil.rmtree(old, ignore_errors=True)
-            out_dir.rename(old)
-            tmp.rename(out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out_dir)
+        swap_into_place(tmp, out_dir)  # the index's crash-safe swap: never a half model in place
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
