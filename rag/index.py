@@ -30,7 +30,6 @@ __all__ = ["FORMAT_VERSION", "Index", "write_index", "load_index", "seed_hashes"
 FORMAT_VERSION = 3
 MANIFEST = "manifest.json"
 _UNCHECKED = (MANIFEST, "README.md")
-_SHAPING = ("chunk_sentences", "chunk_overlap", "chunk_max_chars")
 
 
 @dataclass
@@ -44,7 +43,6 @@ class Index:
     chunks: list[Chunk]
     dense: object  # faiss.Index
     bm25: object  # bm25s.BM25
-    terms: list[str] = field(default_factory=list)
     # one record per article sentence ({"article_id", "start", "end", "places", "years"}) and its
     # passage vector, row i = record i: the answer scoring's semantic and place/year evidence
     sentences: list[dict] = field(default_factory=list)
@@ -250,7 +248,7 @@ def _load_index(path: Path, *, model: str | None, verify: bool) -> Index:
         raise IndexFormat(f"index at {path} has chunks of unknown articles; rebuild it with `rag index`")
     add_user_words(terms)
     add_place_names({p for rec in sentences for p in rec.get("places", ())})  # as tagged when it was built
-    return Index(path, manifest, settings, by_id, chunks, dense, bm25, terms, sentences, sentence_vectors)
+    return Index(path, manifest, settings, by_id, chunks, dense, bm25, sentences, sentence_vectors)
 
 
 def stale_pages(index_manifest: dict, pages: list[Path]) -> list[str]:
