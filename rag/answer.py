@@ -12,7 +12,7 @@ from .config import Settings
 from .index import Index
 from .query import analyze_question
 from .score import Evidence, ScoringParams, evidence_of_hits, judge, load_scoring
-from .types import Answer, Citation, Hit
+from .types import Answer, Citation, Hit, QuestionKind
 from .zh import numbers_in, split_sentences
 
 __all__ = ["compose_answer", "refusal", "make_citation", "unsupported_numbers", "evidence_sentences", "list_items"]
@@ -145,7 +145,7 @@ def _partial(index: Index, question: str, query: str, ev: Evidence, hits: list[H
     about = "".join(p for p in ev.about_places if p not in ev.missing_places)
     about += "".join(_year(y) for y in ev.about_years if y not in ev.missing_years)
     asked = "".join(_surface(query, p) for p in ev.missing_places) + "".join(_year(y) for y in ev.missing_years)
-    thing = {"count": "数字", "rank": "排名", "date": "日期"}.get(info.kind, "信息")
+    thing = {QuestionKind.COUNT: "数字", QuestionKind.RANK: "排名", QuestionKind.DATE: "日期"}.get(info.kind, "信息")
     head = f"资料中只有{about}的相关内容：" if about else "资料中只有以下相关内容："
     cite = make_citation(1, index, ev.article_id, start, end)
     text = f"{head}{text.rstrip('。！？!?')}[1]，没有{asked}的{thing}。"
@@ -174,11 +174,11 @@ def compose_answer(index: Index, question: str, hits: list[Hit], settings: Setti
     params = scoring or load_scoring()
     info = analyze_question(query)
     evidence = evidence_of_hits(index, query, hits, query_vector, params)
-    limit = settings.max_answer_sentences if info.kind in ("list", "benefit", "other", "who") else 2
+    limit = 2 if info.kind.asks_a_figure else settings.max_answer_sentences
     verdict = judge(evidence, params, limit=limit)
     if verdict.chosen:
         best = verdict.chosen[0]
-        if info.kind == "list":
+        if info.kind is QuestionKind.LIST:
             items = list_items(index.articles[best.article_id].text, best.start,
                                max_items=params.list_items, max_chars=params.list_chars)
             if len(items) >= 2:

@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .config import Settings
 from .errors import BadInput, RagError
+from .types import AnswerMode, Retriever
 from .guard import ApiError, ApiOptions, Gate, TokenBuckets, from_rag_error, log_error
 
 __all__ = ["ApiOptions", "TokenBuckets", "build_server", "serve", "MODELS"]
@@ -32,7 +33,7 @@ __all__ = ["ApiOptions", "TokenBuckets", "build_server", "serve", "MODELS"]
 log = logging.getLogger("rag")
 
 # OpenAI model names -> answer modes
-MODELS = {"rag-extractive": "extractive", "rag-llm": "llm"}
+MODELS = {"rag-extractive": AnswerMode.EXTRACTIVE, "rag-llm": AnswerMode.LLM}
 # the extra field of a chat completion (and of its last streamed chunk) holding the `rag ask --json` object
 EXTRA_FIELD = "rag"
 
@@ -41,8 +42,9 @@ EXTRA_FIELD = "rag"
 
 FILTERS_DOC = ("only sources inside these: `paper`, `region` (contained in the page's region or city), `since`, "
                "`until` (YYYY-MM-DD, inclusive); filters no article matches are a 400 saying so")
-Retriever = Literal["hybrid", "bm25", "dense"]
-AnswerMode = Literal["extractive", "llm"]
+# the enums' values, as the Literal pydantic checks a strict JSON body against
+RetrieverName = Literal[tuple(r.value for r in Retriever)]
+AnswerModeName = Literal[tuple(m.value for m in AnswerMode)]
 
 
 class AskRequest(BaseModel):
@@ -53,8 +55,8 @@ class AskRequest(BaseModel):
     history: list[str] = Field(default_factory=list, description="earlier questions of the conversation, oldest "
                                                                    "first; a follow-up is resolved against them")
     k: int | None = Field(None, ge=1, le=100, description="passages to answer from (default 5)")
-    mode: AnswerMode | None = Field(None, description="extractive (default) or llm")
-    retriever: Retriever | None = Field(None, description="hybrid (default), bm25 or dense")
+    mode: AnswerModeName | None = Field(None, description="extractive (default) or llm")
+    retriever: RetrieverName | None = Field(None, description="hybrid (default), bm25 or dense")
     filters: dict[str, Any] | None = Field(None, description=FILTERS_DOC, examples=[{"region": "格尔木"}])
 
 
@@ -64,7 +66,7 @@ class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     query: str = Field(description="the query, 1-500 characters", examples=["电子劳动合同"])
     k: int = Field(5, ge=1, le=100, description="passages to return")
-    retriever: Retriever | None = Field(None, description="hybrid (default), bm25 or dense")
+    retriever: RetrieverName | None = Field(None, description="hybrid (default), bm25 or dense")
     filters: dict[str, Any] | None = Field(None, description=FILTERS_DOC, examples=[{"region": "格尔木"}])
 
 
@@ -84,7 +86,7 @@ class ChatRequest(BaseModel):
     messages: list[ChatMessage] = Field(min_length=1, description="the conversation; the last one is the question")
     stream: bool = False
     k: int | None = Field(None, ge=1, le=100, description="rag extra: passages to answer from")
-    retriever: Retriever | None = Field(None, description="rag extra: hybrid, bm25 or dense")
+    retriever: RetrieverName | None = Field(None, description="rag extra: hybrid, bm25 or dense")
     filters: dict[str, Any] | None = Field(None, description="rag extra: " + FILTERS_DOC)
 
 
@@ -165,7 +167,7 @@ def build_server(index_dir: str | Path = "index", seeds: str | Path | None = "se
 
     options = options or ApiOptions()
     index_dir = Path(index_dir)
-    limits = {mode: asyncio.Semaphore(options.max_concurrent) for mode in ("extractive", "llm", "search")}
+    limits = {mode: asyncio.Semaphore(options.max_concurrent) for mode in (*AnswerMode, "search")}
 
     app = FastAPI(title="rag — 本地政策新闻问答 API", version="1",
                   description="Cited answers from local newspaper pages. Errors are "

@@ -9,6 +9,7 @@ import sys
 from typing import Sequence
 
 from .errors import BadInput, RagError
+from .types import AnswerMode, Retriever
 
 __all__ = ["main", "build_parser"]
 
@@ -54,10 +55,7 @@ def _cmd_articles(args: argparse.Namespace) -> int:
         return 1 if failed else 0
     for a in pipeline.load_articles(args.seeds, pages=args.pages or None):
         if args.json:
-            _print_json({"article_id": a.article_id, "title": a.title, "subtitle": a.subtitle,
-                         "byline": a.byline, "source": a.source, "kind": a.kind,
-                         "continuation": a.continuation, "provisional_title": a.provisional_title,
-                         "text": a.text, **a.page_fields()})
+            _print_json(a.to_json())  # the same object as GET /api/articles
         else:
             flags = "".join([" [图片说明]" if a.kind == "caption" else "", " [续]" if a.continuation else "",
                              " [暂定标题]" if a.provisional_title and a.kind == "article" else ""])
@@ -133,10 +131,6 @@ def _filters(args: argparse.Namespace):
     return f or None
 
 
-def _hit_json(h) -> dict:
-    return h.to_json()  # the same object as POST /api/search
-
-
 def _engine(args: argparse.Namespace, **overrides):
     from .pipeline import get_engine
 
@@ -171,7 +165,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
             _print_json({"query": query, "error": str(exc), "hits": [], "line": line})
             continue
         if args.json or batch:
-            _print_json({"query": query, "hits": [_hit_json(h) for h in hits],
+            _print_json({"query": query, "hits": [h.to_json() for h in hits],  # as POST /api/search
                          **({"normalised": True} if normalised else {})})
         else:
             from .meta import describe_source, name_local_city
@@ -180,10 +174,6 @@ def _cmd_search(args: argparse.Namespace) -> int:
                 print(f"[{h.rank}] {h.score:.4f}  {h.title}  ({describe_source(h)})")
                 print("    " + name_local_city(h.chunk.text.replace("\n", " ")[:160], h.city))
     return 0
-
-
-def _answer_json(ans) -> dict:
-    return ans.to_json()  # the same object as POST /api/ask
 
 
 def _cmd_ask(args: argparse.Namespace) -> int:
@@ -197,7 +187,7 @@ def _cmd_ask(args: argparse.Namespace) -> int:
             if error:
                 raise BadInput(error)
             stream = None
-            if args.mode == "llm" and not (args.json or batch) and sys.stderr.isatty():
+            if args.mode == AnswerMode.LLM and not (args.json or batch) and sys.stderr.isatty():
                 # the model's words as they come, on the terminal only and marked as an unchecked draft
                 drafted: list[str] = []
 
@@ -218,9 +208,9 @@ def _cmd_ask(args: argparse.Namespace) -> int:
             continue
         history.append(question)
         if args.json or batch:
-            _print_json({**_answer_json(ans), **({"normalised": True} if normalised else {})})
+            _print_json({**ans.to_json(), **({"normalised": True} if normalised else {})})  # as POST /api/ask
         else:
-            if ans.fallback_reason and args.mode == "llm" and not ans.refused:
+            if ans.fallback_reason and args.mode == AnswerMode.LLM and not ans.refused:
                 from .pipeline import explain_fallback
 
                 print(f"（{explain_fallback(ans)}。{ans.fallback_reason}）", file=sys.stderr)
@@ -258,8 +248,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         rows.append(evaluate_retrieval(engine, items, retriever=r, k=5))
     report: dict = {"questions": len(items), "retrieval": rows}
     if not args.no_answers and engine is not None:
-        if (args.mode or "extractive") == "llm":
-            report["answers"] = evaluate_answers(engine, items, ask=engine.ask, mode="llm")
+        if args.mode == AnswerMode.LLM:
+            report["answers"] = evaluate_answers(engine, items, ask=engine.ask, mode=AnswerMode.LLM)
         else:
             report["heldout"] = evaluate_heldout(engine, items)
     if args.json:
@@ -355,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--cache", default=None, help="model cache folder (default: $RAG_CACHE or ~/.cache/rag)")
 
     def llm_opts(p):
-        p.add_argument("--mode", choices=["extractive", "llm"], default=None,
+        p.add_argument("--mode", choices=[m.value for m in AnswerMode], default=None,
                        help="extractive (default) or llm: the local model phrases the answer, checked against the sources")
         p.add_argument("--llm-model", default=None, metavar="PATH",
                        help="a GGUF file for llm mode (default: $RAG_LLM_MODEL, else the bundled Qwen2.5 1.5B)")
@@ -387,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fail at once if another process is writing the index (default: wait for it)")
     p.set_defaults(func=_cmd_index)
 
-    retr = dict(choices=["hybrid", "bm25", "dense"], default=None, help="retriever (default: hybrid)")
+    retr = dict(choices=[r.value for r in Retriever], default=None, help="retriever (default: hybrid)")
     p = sub.add_parser("search", help="find passages; without QUERY, one query per line from stdin")
     p.add_argument("query", nargs="?")
     p.add_argument("--k", type=_k_value, default=5, help="hits to show, 1-100 (default 5)")
@@ -414,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "default tests/data/qa.jsonl")
     p.add_argument("--fit", action="store_true", help="fit the scoring on every question and write it")
     p.add_argument("--fit-out", default=None, help="where --fit writes (default rag/data/scoring.json)")
-    p.add_argument("--retriever", choices=["hybrid", "bm25", "dense", "all"], default="hybrid")
+    p.add_argument("--retriever", choices=[r.value for r in Retriever] + ["all"], default=Retriever.HYBRID.value)
     p.add_argument("--no-rerank", action="store_true")
     p.add_argument("--no-answers", action="store_true", help="retrieval figures only")
     p.add_argument("--json", action="store_true")

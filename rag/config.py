@@ -5,9 +5,8 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
-
 from .errors import BadInput
+from .types import AnswerMode, Retriever
 
 __all__ = ["Settings", "BUNDLED_MODEL", "INDEX_SETTINGS", "default_cache_dir"]
 
@@ -15,10 +14,6 @@ BUNDLED_MODEL = "bundled:multilingual-e5-small"
 
 # the settings that shape an index (read back from its manifest); the rest apply at query time
 INDEX_SETTINGS = ("model", "chunk_sentences", "chunk_overlap", "chunk_max_chars", "exact_search_max")
-
-Retriever = Literal["hybrid", "bm25", "dense"]
-AnswerMode = Literal["extractive", "llm"]
-
 
 def default_cache_dir() -> Path:
     """Where converted models live: $RAG_CACHE, else ~/.cache/rag."""
@@ -40,7 +35,7 @@ class Settings:
     chunk_overlap: int = 1
     chunk_max_chars: int = 300
     # retrieval
-    retriever: Retriever = "hybrid"
+    retriever: Retriever = Retriever.HYBRID
     top_k: int = 5
     candidates: int = 50
     rrf_k: int = 60
@@ -53,7 +48,7 @@ class Settings:
     refusal_threshold: float = 0.4  # calibrated on tests/data/qa.jsonl
     max_question_chars: int = 500
     # local-model answers
-    answer_mode: AnswerMode = "extractive"
+    answer_mode: AnswerMode = AnswerMode.EXTRACTIVE
     llm_model: str | None = None  # a GGUF path; None: $RAG_LLM_MODEL, else the bundled default
     llm_max_tokens: int = 120
     llm_timeout_s: float = 20.0  # counted from when the model starts writing, not from the queue
@@ -62,10 +57,8 @@ class Settings:
     llm_extra_bufts: bool | None = None
 
     def __post_init__(self) -> None:
-        if self.answer_mode not in ("extractive", "llm"):
-            raise BadInput(f"answer mode must be extractive or llm, got {self.answer_mode!r}")
-        if self.retriever not in ("hybrid", "bm25", "dense"):
-            raise BadInput(f"retriever must be hybrid, bm25 or dense, got {self.retriever!r}")
+        object.__setattr__(self, "answer_mode", AnswerMode.parse(self.answer_mode, "answer mode"))
+        object.__setattr__(self, "retriever", Retriever.parse(self.retriever, "retriever"))
         for name in ("chunk_sentences", "top_k", "candidates", "chunk_max_chars", "max_question_chars"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:

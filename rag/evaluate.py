@@ -16,6 +16,7 @@ from .answer import unsupported_numbers
 from .errors import BadInput
 from .query import resolve_followup
 from .score import ScoringParams, fit_logistic, gather_evidence, load_scoring
+from .types import AnswerKind, AnswerMode, FallbackReason
 
 __all__ = ["QAItem", "load_qa", "evaluate_retrieval", "evaluate_answers", "format_table", "gold_spans",
            "collect_evidence", "fit_scoring", "evaluate_heldout", "UNANSWERABLE_KINDS"]
@@ -178,11 +179,12 @@ def evaluate_answers(engine, items: list[QAItem], *, ask, mode: str = "extractiv
             art = engine.index.articles.get(c.article_id)
             if art and art.text[c.start:c.end] == c.excerpt:
                 verbatim += 1
-        if mode == "llm":
-            if "fallback" in ans.mode:
-                key = "fallback (model not asked)" if "not asked" in (ans.fallback_reason or "") else "fallback (rejected)"
+        if mode == AnswerMode.LLM:
+            if ans.mode == AnswerKind.FALLBACK:
+                not_asked = ans.fallback is FallbackReason.NOT_ASKED
+                key = "fallback (model not asked)" if not_asked else "fallback (rejected)"
                 extra[key] = extra.get(key, 0) + 1
-            elif "repaired" in ans.mode:
+            elif ans.mode == AnswerKind.LLM_REPAIRED:
                 extra["repaired"] = extra.get("repaired", 0) + 1
             else:
                 extra["passed as written"] = extra.get("passed as written", 0) + 1

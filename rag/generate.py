@@ -14,34 +14,27 @@ from .config import Settings
 from .errors import ModelError
 from .ground import REFUSAL_RE, check_answer, facts_in, normalize_numbers, source_forms
 from .index import Index
-from .types import Answer, Hit
+from .types import Answer, AnswerKind, FallbackReason, Hit
 
-__all__ = ["generate_answer", "explain_fallback", "NOT_ASKED", "MODEL_UNAVAILABLE", "MODEL_FAILED", "NOT_FINISHED"]
-
-
-# the start of each fallback reason (the rest says what happened)
-NOT_ASKED = "the sources do not answer this question; the model was not asked"
-MODEL_UNAVAILABLE = "local model unavailable"
-MODEL_FAILED = "the local model failed"
-NOT_FINISHED = "the model's answer was not finished"
+__all__ = ["generate_answer", "explain_fallback"]
 
 
 def explain_fallback(answer: Answer) -> str:
     """One Chinese line for a reader: why an llm-mode question got the sources' own words instead."""
     finish = (answer.check or {}).get("finish_reason")
-    reason = answer.fallback_reason or ""
     if finish == "cancel":
         return "已停止本地模型，以下为原文摘录"
     if finish in ("time", "length"):
         return "本地模型没有按时写完，未写完的回答不会显示；以下为原文摘录"
-    if finish in ("crashed", "hung", "error") or reason.startswith(MODEL_UNAVAILABLE):
+    if finish in ("crashed", "hung", "error") or answer.fallback is FallbackReason.MODEL_UNAVAILABLE:
         return "本地模型暂时不可用，以下为原文摘录"
     return "本地模型的回答未通过与原文的核对，以下为原文摘录"
 
 
-def _fallback(extractive: Answer, reason: str, check: dict | None = None, timings: dict | None = None) -> Answer:
-    return replace(extractive, mode="extractive-fallback", fallback_reason=reason, check=check or {},
-                   timings_ms=timings or {})
+def _fallback(extractive: Answer, reason: FallbackReason, detail: str = "", check: dict | None = None,
+              timings: dict | None = None) -> Answer:
+    return replace(extractive, mode=AnswerKind.FALLBACK, fallback_reason=f"{reason}: {detail}" if detail else str(reason),
+                   check=check or {}, timings_ms=timings or {})
 
 
 def generate_answer(index: Index, question: str, query: str, hits: list[Hit], settings: Settings,
@@ -57,7 +50,7 @@ def generate_answer(index: Index, question: str, query: str, hits: list[Hit], se
     as finished when it is exhausted).
     """
     if extractive.refused:
-        return _fallback(extractive, NOT_ASKED)
+        return _fallback(extractive, FallbackReason.NOT_ASKED)
     spans = evidence_sentences(index, query, hits)
     excerpts = [index.articles[a].text[s:e] for a, s, e in spans]
     t0 = time.perf_counter()
@@ -89,22 +82,22 @@ def generate_answer(index: Index, question: str, query: str, hits: list[Hit], se
             finish = getattr(stream, "finish_reason", None) or "stop"
             detail = getattr(stream, "detail", "")
     except ModelError as exc:
-        return _fallback(extractive, f"{MODEL_UNAVAILABLE}: {exc}")
+        return _fallback(extractive, FallbackReason.MODEL_UNAVAILABLE, str(exc))
     timings = {"first_token_ms": first_ms or 0.0, "generate_ms": round((time.perf_counter() - t0) * 1000, 1)}
     text = "".join(pieces).strip()
     if finish != "stop":  # an unfinished answer is never checked, repaired or shown
         check = {"model_answer": text, "finish_reason": finish}
-        reason = MODEL_FAILED if finish in ("crashed", "hung", "error") else NOT_FINISHED
-        return _fallback(extractive, f"{reason}: {detail or finish}", check, timings)
+        reason = FallbackReason.MODEL_FAILED if finish in ("crashed", "hung", "error") else FallbackReason.NOT_FINISHED
+        return _fallback(extractive, reason, detail or finish, check, timings)
     if not text:
-        return _fallback(extractive, "the model produced no answer", timings=timings)
+        return _fallback(extractive, FallbackReason.NO_ANSWER, timings=timings)
     grounded = check_answer(text, excerpts)
     check = {"model_answer": text, "repaired": grounded.repaired, "dropped": grounded.dropped,
              "reasons": grounded.reasons}
     if REFUSAL_RE.search(text) and not grounded.ok:
-        return _fallback(extractive, "the model declined although the sources answer the question", check, timings)
+        return _fallback(extractive, FallbackReason.DECLINED, check=check, timings=timings)
     if not grounded.ok:
-        return _fallback(extractive, "no sentence of the model's answer passed the grounding check", check, timings)
+        return _fallback(extractive, FallbackReason.UNGROUNDED, check=check, timings=timings)
     # the model must keep a figure or name of the best evidence (the first extractive excerpt that
     # has any): a model that answers with another sentence's number (a plan for a result) is not shown
     wanted: set[str] = set()
@@ -114,8 +107,7 @@ def generate_answer(index: Index, question: str, query: str, hits: list[Hit], se
             break
     said = {normalize_numbers(f) for f in facts_in(re.sub(r"\[\d+\]", "", grounded.text()))}
     if wanted and not wanted & said:
-        return _fallback(extractive, "the model's answer left out the figures or names the sources give", check,
-                         timings)
+        return _fallback(extractive, FallbackReason.LEFT_OUT_FACTS, check=check, timings=timings)
     # renumber the cited excerpts in order of first use
     order: dict[int, int] = {}
     parts = []
@@ -129,6 +121,6 @@ def generate_answer(index: Index, question: str, query: str, hits: list[Hit], se
     for old, new in sorted(order.items(), key=lambda x: x[1]):
         a, s, e = spans[old - 1]
         citations.append(make_citation(new, index, a, s, e))
-    mode = "llm-repaired" if grounded.repaired or grounded.dropped else "llm"
+    mode = AnswerKind.LLM_REPAIRED if grounded.repaired or grounded.dropped else AnswerKind.LLM
     return Answer(question=question, answer="".join(parts), refused=False, citations=tuple(citations),
                   mode=mode, check=check, timings_ms=timings)

@@ -26,7 +26,7 @@ from .score import ScoringParams
 from .retrieve import search as _search
 from .segment import segment_page
 from .storage import writer_lock
-from .types import Answer, Article, Hit, to_dict
+from .types import Answer, AnswerMode, Article, Hit, Retriever, to_dict
 from .zh import extract_terms
 
 __all__ = ["describe_collection", "load_articles", "build_index", "add_pages", "remove_pages", "index_status", "verify_index", "Engine", "get_engine", "warm_up", "explain_fallback"]
@@ -344,10 +344,10 @@ class Engine:
         Raises:
             BadInput: a bad filter, or filters that no article of the index is inside (said in Chinese).
         """
-        mode = retriever or self.settings.retriever
+        mode = Retriever.parse(retriever or self.settings.retriever, "retriever")
         allowed = self.allowed_rows(filters)
         vector = query_vector
-        if vector is None and (mode != "bm25" or self.settings.rerank):
+        if vector is None and (mode is not Retriever.BM25 or self.settings.rerank):
             vector = self.query_vectors([check_query(query, self.settings)])[0]
         return _search(self.index, query, k=self.settings.top_k if k is None else k, settings=self.settings,
                        query_vector=vector, retriever=mode, scoring=scoring, allowed=allowed)
@@ -382,9 +382,7 @@ class Engine:
         >>> get_engine("index").ask("格尔木的开发区在全国排第几？").answer  # doctest: +SKIP
         '格尔木昆仑经济技术开发区在全国230家国家级经济技术开发区中位列128位。[1]'
         """
-        mode = mode or self.settings.answer_mode
-        if mode not in ("extractive", "llm"):
-            raise BadInput(f"answer mode must be extractive or llm, got {mode!r}")
+        mode = AnswerMode.parse(mode or self.settings.answer_mode, "answer mode")
         t0 = time.perf_counter()
         q = check_query(question, self.settings)
         resolved = resolve_followup(q, [h for h in (history or []) if isinstance(h, str)])
@@ -395,7 +393,7 @@ class Engine:
                                 scoring=scoring)
         t2 = time.perf_counter()
         timings = {"retrieve_ms": round((t1 - t0) * 1000, 1), "answer_ms": round((t2 - t1) * 1000, 1)}
-        if mode == "llm":
+        if mode is AnswerMode.LLM:
             from .generate import generate_answer
 
             answer = generate_answer(self.index, q, resolved, hits, self.settings, answer, on_delta=on_delta,

@@ -5,6 +5,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
+from .types import QuestionKind
 from .zh import MEASURE_WORDS, fold_width, numbers_in, place_names, relative_years, words, years_in
 
 __all__ = ["QuestionInfo", "analyze_question", "SOFT_TERMS", "is_followup", "resolve_followup"]
@@ -18,6 +19,8 @@ _LIST_Q = re.compile(r"哪些|哪几|怎么做|做了什么|采取了|举措|办
 _BENEFIT_Q = re.compile(r"好处|益处|便利|优势|作用|意义|帮助|有什么用|有何用")
 _WHO_Q = re.compile(r"谁|哪位|哪个单位|哪家|哪所|哪个部门|什么人|哪里|在哪")
 _MEASURE_RE = re.compile(rf"(?:多少|几)([{MEASURE_WORDS}钱]?)")
+_KIND_PATTERNS = ((QuestionKind.RANK, _RANK_Q), (QuestionKind.DATE, _DATE_Q), (QuestionKind.COUNT, _COUNT_Q),
+                  (QuestionKind.LIST, _LIST_Q), (QuestionKind.BENEFIT, _BENEFIT_Q), (QuestionKind.WHO, _WHO_Q))
 
 
 _QUESTION_WORDS = {"第几", "几", "排", "多少", "多大", "有多大", "什么时候", "时候", "哪些", "哪天", "是不是", "排名第几",
@@ -31,7 +34,7 @@ class QuestionInfo:
 
     text: str
     terms: tuple[str, ...]
-    kind: str  # rank | date | count | list | benefit | who | other
+    kind: QuestionKind
     measure: str  # the measure word after 多少/几 ("个", "名", ...), or ""
     numbers: tuple[str, ...]
     places: tuple[str, ...] = ()  # places the question names (zh.place_key form: "德令哈", "海西")
@@ -42,26 +45,14 @@ class QuestionInfo:
 def analyze_question(question: str) -> QuestionInfo:
     """Key terms and expected answer type of a question.
 
-    >>> analyze_question("海西州引进了多少个创新创业团队？").kind
+    >>> analyze_question("海西州引进了多少个创新创业团队？").kind.value
     'count'
     """
     q = fold_width(question)
-    if _RANK_Q.search(q):
-        kind = "rank"
-    elif _DATE_Q.search(q):
-        kind = "date"
-    elif _COUNT_Q.search(q):
-        kind = "count"
-    elif _LIST_Q.search(q):
-        kind = "list"
-    elif _BENEFIT_Q.search(q):
-        kind = "benefit"
-    elif _WHO_Q.search(q):
-        kind = "who"
-    else:
-        kind = "other"
+    # the first kind whose wording the question has, in this order
+    kind = next((k for k, pattern in _KIND_PATTERNS if pattern.search(q)), QuestionKind.OTHER)
     m = _MEASURE_RE.search(q)
-    measure = m.group(1) if m and kind == "count" else ""
+    measure = m.group(1) if m and kind is QuestionKind.COUNT else ""
     # numbers with the unit written after them ("2024年"), so that "2024—2026年" does not match "2024年"
     numbers = tuple(m.group(0) for m in re.finditer(r"\d+(?:\.\d+)?(?:%|[年月日号个名家位人项万亿元吨天级])?", q))
     bare = set(numbers_in(q))

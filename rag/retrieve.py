@@ -8,7 +8,7 @@ from .errors import BadInput
 from .index import Index
 from .ingest import clean_question
 from .score import ScoringParams, gather_evidence, load_scoring, remember_evidence, rerank, term_idf
-from .types import Hit
+from .types import Hit, Retriever
 from .zh import is_han, tokenize
 
 __all__ = ["check_query", "dense_ranking", "bm25_ranking", "fuse_ranks", "fused_ranking", "term_idf", "search", "MAX_K"]
@@ -103,10 +103,10 @@ def fused_ranking(index: Index, query: str, *, settings: Settings, query_vector:
                   retriever: str, n: int, allowed: np.ndarray | None = None) -> list[tuple[int, float]]:
     """(chunk row, fused score) pairs of the dense and/or BM25 rankings, best first, before the rerank."""
     rankings, weights = [], []
-    if retriever in ("hybrid", "dense"):
+    if retriever != Retriever.BM25:
         rankings.append(dense_ranking(index, query_vector, n, allowed))
         weights.append(settings.dense_weight)
-    if retriever in ("hybrid", "bm25"):
+    if retriever != Retriever.DENSE:
         rankings.append(bm25_ranking(index, query, n, allowed))
         weights.append(settings.bm25_weight)
     if len(rankings) == 1:
@@ -124,13 +124,11 @@ def search(index: Index, query: str, *, k: int = 5, settings: Settings | None = 
     ``allowed`` the chunk rows a filter leaves (None: all), searched exactly.
     """
     settings = settings or index.settings
-    mode = retriever or settings.retriever
-    if mode not in ("hybrid", "bm25", "dense"):
-        raise BadInput(f"retriever must be hybrid, bm25 or dense, got {mode!r}")
+    mode = Retriever.parse(retriever or settings.retriever, "retriever")
     q = check_query(query, settings)
     k = check_k(k)
     params = scoring or load_scoring()
-    if (mode in ("hybrid", "dense") or settings.rerank) and query_vector is None:
+    if (mode is not Retriever.BM25 or settings.rerank) and query_vector is None:
         raise ValueError("dense retrieval and the rerank need the query vector")
     ranked = fused_ranking(index, q, settings=settings, query_vector=query_vector, retriever=mode,
                            n=max(settings.candidates, 4 * k), allowed=allowed)

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .query import SOFT_TERMS, QuestionInfo, analyze_question
+from .types import QuestionKind
 from .zh import (MEASURE_WORDS, add_place_names, count_han, fold_width, is_han, local_place_names, place_key,
                  place_names, relative_years, split_sentences, years_in)
 
@@ -188,14 +189,14 @@ def fact_match(info: QuestionInfo, sentence: str) -> float:
     """Whether a sentence holds the kind of fact asked for (0..1): a rank for 第几, a date for
     什么时候, a number (in the asked unit) for 多少/几; 1 when the question asks for no such fact.
     Numbers the question itself contains ("2024年的…是多少") are not an answer."""
-    if info.kind not in ("rank", "date", "count"):
+    if not info.kind.asks_a_figure:
         return 1.0
     s = fold_width(sentence)
     for num in sorted(info.numbers, key=len, reverse=True):
         s = s.replace(num, " ")
-    if info.kind == "rank":
+    if info.kind is QuestionKind.RANK:
         return 1.0 if _RANK_A.search(s) else 0.0
-    if info.kind == "date":
+    if info.kind is QuestionKind.DATE:
         if _CLOCK_Q.search(info.text):  # 几点: a time of day, not a date
             return 1.0 if _CLOCK_A.search(s) else 0.0
         return 1.0 if _DATE_A.search(s) else 0.0
@@ -462,7 +463,7 @@ def gather_evidence(index, query: str, query_vector: np.ndarray, ranked: list[tu
     qv = np.asarray(query_vector, dtype=np.float32).reshape(-1)
     weights = term_weights(info, idf, unknown_idf=unknown_idf, corpus=corpus)
     asked_places = info.places + _foreign_places(query, corpus, info.places)
-    windows = info.kind in ("count", "rank", "date")
+    windows = info.kind.asks_a_figure
     explicit_years = tuple(y for y in info.years if y.isdigit())
     relative = tuple(y for y in info.years if not y.isdigit())
     seen: set[tuple[str, int, int]] = set()

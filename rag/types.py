@@ -3,10 +3,82 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Literal
 
-__all__ = ["PAGE_FIELDS", "Segment", "Article", "Chunk", "Hit", "Citation", "Answer", "to_dict", "article_from_dict",
-           "chunk_from_dict"]
+from .errors import BadInput
+
+__all__ = ["PAGE_FIELDS", "Retriever", "AnswerMode", "AnswerKind", "QuestionKind", "FallbackReason", "Segment",
+           "Article", "Chunk", "Hit", "Citation", "Answer", "to_dict", "article_from_dict", "chunk_from_dict"]
+
+
+class _Choice(StrEnum):
+    """A closed set of names; a member is its own string, so JSON and comparisons see the plain value."""
+
+    @classmethod
+    def parse(cls, value: object, what: str):
+        """The member named ``value``; BadInput saying what is allowed otherwise (the one check of ``what``)."""
+        try:
+            return cls(value)
+        except ValueError:
+            names = [m.value for m in cls]
+            allowed = ", ".join(names[:-1]) + " or " + names[-1]
+            raise BadInput(f"{what} must be {allowed}, got {value!r}") from None
+
+
+class Retriever(_Choice):
+    """Which rankings find the passages: both fused, or one of them."""
+
+    HYBRID = "hybrid"
+    BM25 = "bm25"
+    DENSE = "dense"
+
+
+class AnswerMode(_Choice):
+    """How an answer is asked to be written: the sources' sentences, or the local model's words."""
+
+    EXTRACTIVE = "extractive"
+    LLM = "llm"
+
+
+class AnswerKind(_Choice):
+    """How an answer was written (``Answer.mode``): a checked llm answer may have been repaired, and an
+    llm answer that failed its check is the extractive one instead."""
+
+    EXTRACTIVE = "extractive"
+    LLM = "llm"
+    LLM_REPAIRED = "llm-repaired"
+    FALLBACK = "extractive-fallback"
+
+
+class QuestionKind(_Choice):
+    """The kind of fact a question asks for, recognised from its wording (``rag.query``)."""
+
+    RANK = "rank"
+    DATE = "date"
+    COUNT = "count"
+    LIST = "list"
+    BENEFIT = "benefit"
+    WHO = "who"
+    OTHER = "other"
+
+    @property
+    def asks_a_figure(self) -> bool:
+        """A rank, a date or a count: one fact a sentence holds or lacks."""
+        return self in (QuestionKind.RANK, QuestionKind.DATE, QuestionKind.COUNT)
+
+
+class FallbackReason(_Choice):
+    """Why an llm-mode question got the extractive answer; ``Answer.fallback_reason`` starts with it."""
+
+    NOT_ASKED = "the sources do not answer this question; the model was not asked"
+    MODEL_UNAVAILABLE = "local model unavailable"
+    MODEL_FAILED = "the local model failed"
+    NOT_FINISHED = "the model's answer was not finished"
+    NO_ANSWER = "the model produced no answer"
+    DECLINED = "the model declined although the sources answer the question"
+    UNGROUNDED = "no sentence of the model's answer passed the grounding check"
+    LEFT_OUT_FACTS = "the model's answer left out the figures or names the sources give"
 
 Kind = Literal["article", "caption"]
 PAGE_FIELDS = ("paper", "date", "page", "region", "city")
@@ -131,9 +203,9 @@ class Answer:
     refused: bool
     citations: tuple[Citation, ...] = ()
     related: tuple[dict, ...] = ()
-    mode: str = "extractive"  # extractive | llm | extractive-fallback
+    mode: AnswerKind = AnswerKind.EXTRACTIVE
     resolved_question: str | None = None
-    fallback_reason: str | None = None
+    fallback_reason: str | None = None  # the FallbackReason, then ": " and what happened where known
     check: dict = field(default_factory=dict)  # llm mode: what the grounding check repaired or dropped
     timings_ms: dict[str, float] = field(default_factory=dict)
     # the pages hold only a near miss (another place or year), said as such and cited; not an answer
@@ -141,6 +213,13 @@ class Answer:
 
     # written last, and only when set (not None, not empty)
     _OPTIONAL_JSON = ("resolved_question", "fallback_reason", "check")
+
+    @property
+    def fallback(self) -> FallbackReason | None:
+        """Why an llm-mode question got the extractive answer (None: it did not)."""
+        if not self.fallback_reason:
+            return None
+        return next((r for r in FallbackReason if self.fallback_reason.startswith(r.value)), None)
 
     def to_json(self) -> dict:
         """The answer as ``rag ask --json`` and the HTTP API print it: every field in order, then the

@@ -2,7 +2,6 @@
 and a named API endpoint ``ask``. No retrieval logic lives here."""
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import queue
@@ -15,6 +14,7 @@ from .config import Settings
 from .errors import BadInput, RagError
 from .meta import Filters, describe_source
 from .pipeline import explain_fallback
+from .types import AnswerKind, AnswerMode
 
 __all__ = ["build_app", "EXAMPLES"]
 
@@ -150,7 +150,7 @@ def build_app(index_dir: str | Path = "index", seeds: str | Path | None = "seeds
         t0 = time.perf_counter()
         shown_q = question if question else "（空问题）"
         messages.append({"role": "user", "content": md_text(shown_q)})
-        busy = "" if mode != "llm" else "⏳（本地模型作答中）"
+        busy = "" if mode != AnswerMode.LLM else "⏳（本地模型作答中）"
         keep = gr.update()
 
         # the question is in the conversation at once, whatever the model's queue
@@ -186,10 +186,10 @@ def build_app(index_dir: str | Path = "index", seeds: str | Path | None = "seeds
             yield messages, typed, keep, history, turn, f"第 {turn} 问未能回答"
             return
         items = ([dict(r, n=0, start=None, end=None) for r in ans.related] if ans.refused
-                 else [dataclasses.asdict(c) for c in ans.citations])
+                 else ans.to_json()["citations"])
         prefix = "🔍 " if ans.refused else ""
         stopped = (ans.check or {}).get("finish_reason") == "cancel"
-        if mode == "llm" and ans.mode == "extractive-fallback" and not ans.refused:
+        if mode == AnswerMode.LLM and ans.mode == AnswerKind.FALLBACK and not ans.refused:
             prefix = f"（{explain_fallback(ans)}）\n"
         text = prefix + ans.answer
         messages.append({"role": "assistant", "content": ""})
@@ -228,14 +228,13 @@ def build_app(index_dir: str | Path = "index", seeds: str | Path | None = "seeds
                                   for a in arts], value=first)
 
     def api_ask(question: str) -> dict:
-        """Answer a question: {"answer", "refused", "citations": [{n, article_id, title, source, excerpt, start, end,
-        line, paper, date, page, region, city}]}."""
+        """Answer a question: the ``rag ask --json`` object ({"question", "answer", "refused", "citations": [{n,
+        article_id, title, source, excerpt, start, end, line, paper, date, page, region, city}], "related", ...})."""
         try:
             ans = backend.engine().ask(question)  # a None or a list is refused saying so, not "empty"
         except RagError as exc:  # an ordinary user error: a message, no traceback in the server log
             raise gr.Error(str(exc), print_exception=False) from None
-        return {"question": ans.question, "answer": ans.answer, "refused": ans.refused,
-                "citations": [dataclasses.asdict(c) for c in ans.citations], "related": list(ans.related)}
+        return ans.to_json()
 
     papers = sorted({a.paper for a in all_articles if a.paper})
     regions = sorted({a.region for a in all_articles if a.region})
