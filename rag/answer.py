@@ -10,7 +10,7 @@ import numpy as np
 
 from .config import Settings
 from .index import Index
-from .query import analyze_question
+from .query import Question, QuestionInfo
 from .score import Evidence, ScoringParams, evidence_of_hits, judge, load_scoring
 from .types import Answer, Citation, Hit, QuestionKind
 from .zh import numbers_in, split_sentences
@@ -138,19 +138,19 @@ def _answer_from(index: Index, question: str, spans: list[tuple[str, int, int]],
     return Answer(question=question, answer="".join(parts), refused=False, citations=tuple(citations), **extra)
 
 
-def _partial(index: Index, question: str, query: str, ev: Evidence, hits: list[Hit]) -> Answer:
+def _partial(index: Index, question: Question, ev: Evidence, hits: list[Hit]) -> Answer:
     """"资料中只有海西的信息：…[1]，没有德令哈的数字。" — what the pages hold instead, cited."""
-    info = analyze_question(query)
     start, end, text = _excerpt(ev.text, ev.start)
     about = "".join(p for p in ev.about_places if p not in ev.missing_places)
     about += "".join(_year(y) for y in ev.about_years if y not in ev.missing_years)
-    asked = "".join(_surface(query, p) for p in ev.missing_places) + "".join(_year(y) for y in ev.missing_years)
-    thing = {QuestionKind.COUNT: "数字", QuestionKind.RANK: "排名", QuestionKind.DATE: "日期"}.get(info.kind, "信息")
+    asked = "".join(_surface(question.resolved, p) for p in ev.missing_places) + "".join(_year(y) for y in ev.missing_years)
+    thing = {QuestionKind.COUNT: "数字", QuestionKind.RANK: "排名", QuestionKind.DATE: "日期"}.get(question.info.kind, "信息")
     head = f"资料中只有{about}的相关内容：" if about else "资料中只有以下相关内容："
     cite = make_citation(1, index, ev.article_id, start, end)
     text = f"{head}{text.rstrip('。！？!?')}[1]，没有{asked}的{thing}。"
-    related = refusal(question, hits).related
-    return Answer(question=question, answer=text, refused=False, citations=(cite,), related=related, partial=True)
+    related = refusal(question.text, hits).related
+    return Answer(question=question.text, answer=text, refused=False, citations=(cite,), related=related,
+                  partial=True)
 
 
 def _year(y: str) -> str:
@@ -163,17 +163,15 @@ def _surface(query: str, key: str) -> str:
     return m.group(0) if m else key
 
 
-def compose_answer(index: Index, question: str, hits: list[Hit], settings: Settings,
-                   *, retrieval_query: str | None = None, query_vector: np.ndarray | None = None,
-                   scoring: ScoringParams | None = None) -> Answer:
+def compose_answer(index: Index, question: Question, hits: list[Hit], settings: Settings,
+                   *, query_vector: np.ndarray | None = None, scoring: ScoringParams | None = None) -> Answer:
     """Answer from the hits: the best one to three sentences, the enumerated items for a 哪些/措施
     question, a partial answer when only the place or year is wrong, or a refusal."""
-    query = retrieval_query or question
     if not hits:
-        return refusal(question, hits)
+        return refusal(question.text, hits)
     params = scoring or load_scoring()
-    info = analyze_question(query)
-    evidence = evidence_of_hits(index, query, hits, query_vector, params)
+    info = question.info
+    evidence = evidence_of_hits(index, info, hits, query_vector, params)
     limit = 2 if info.kind.asks_a_figure else settings.max_answer_sentences
     verdict = judge(evidence, params, limit=limit)
     if verdict.chosen:
@@ -182,23 +180,23 @@ def compose_answer(index: Index, question: str, hits: list[Hit], settings: Setti
             items = list_items(index.articles[best.article_id].text, best.start,
                                max_items=params.list_items, max_chars=params.list_chars)
             if len(items) >= 2:
-                return _answer_from(index, question, [(best.article_id, s, e) for s, e in items])
+                return _answer_from(index, question.text, [(best.article_id, s, e) for s, e in items])
         rank = {h.chunk.chunk_id: h.rank for h in hits}
         chosen = sorted(verdict.chosen, key=lambda ev: (rank.get(ev.chunk_id, 99), ev.start))
-        return _answer_from(index, question, [(ev.article_id, ev.start, ev.end) for ev in chosen])
+        return _answer_from(index, question.text, [(ev.article_id, ev.start, ev.end) for ev in chosen])
     if verdict.partial is not None:
-        return _partial(index, question, query, verdict.partial, hits)
-    return refusal(question, hits)
+        return _partial(index, question, verdict.partial, hits)
+    return refusal(question.text, hits)
 
 
-def evidence_sentences(index: Index, question: str, hits: list[Hit], *, limit: int = 3,
+def evidence_sentences(index: Index, info: QuestionInfo, hits: list[Hit], *, limit: int = 3,
                        max_chars: int = 150, query_vector: np.ndarray | None = None,
                        scoring: ScoringParams | None = None) -> list[tuple[str, int, int]]:
-    """The best evidence for a question, as (article_id, start, end), best first: the numbered
+    """The best evidence for a question (its ``analyze_question``), as (article_id, start, end), best first: the numbered
     excerpts a local model is given. Short on purpose (a 2-core CPU reads about 100 prompt tokens
     a second): whole sentences where they fit, else the clause windows that hold the fact."""
     params = scoring or load_scoring()
-    ranked = sorted(evidence_of_hits(index, question, hits, query_vector, params),
+    ranked = sorted(evidence_of_hits(index, info, hits, query_vector, params),
                     key=lambda ev: -(params.logit(ev.features) - params.length_penalty * len(ev.text)))
     out: list[tuple[str, int, int]] = []
     used = 0

@@ -14,7 +14,7 @@ import numpy as np
 
 from .answer import unsupported_numbers
 from .errors import BadInput
-from .query import resolve_followup
+from .query import analyze_question, resolve_followup
 from .score import ScoringParams, fit_logistic, gather_evidence, load_scoring
 from .types import AnswerKind, AnswerMode, FallbackReason
 
@@ -262,7 +262,7 @@ def collect_evidence(engine, items: list[QAItem], base: ScoringParams | None = N
         ranked = fused_ranking(index, q, settings=settings, query_vector=vec, retriever=settings.retriever,
                                n=max(settings.candidates, base.rerank_depth))
         depth = [(row, rank) for rank, (row, _) in enumerate(ranked[: base.rerank_depth], start=1)]
-        evidence = gather_evidence(index, q, vec, depth, base)
+        evidence = gather_evidence(index, analyze_question(q), vec, depth, base)
         labels = []
         for ev in evidence:
             ok = False

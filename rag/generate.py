@@ -14,6 +14,7 @@ from .config import Settings
 from .errors import ModelError
 from .ground import REFUSAL_RE, check_answer, facts_in, normalize_numbers, source_forms
 from .index import Index
+from .query import Question
 from .types import Answer, AnswerKind, FallbackReason, Hit
 
 __all__ = ["generate_answer", "explain_fallback"]
@@ -37,13 +38,13 @@ def _fallback(extractive: Answer, reason: FallbackReason, detail: str = "", chec
                    check=check or {}, timings_ms=timings or {})
 
 
-def generate_answer(index: Index, question: str, query: str, hits: list[Hit], settings: Settings,
+def generate_answer(index: Index, question: Question, hits: list[Hit], settings: Settings,
                     extractive: Answer, *, on_delta: Callable[[str], None] | None = None,
                     on_status: Callable[[dict], None] | None = None, cancel: threading.Event | None = None,
                     stream: Iterator[str] | None = None) -> Answer:
     """The local model's answer, checked; or the extractive answer with ``fallback_reason``.
 
-    ``query`` is the standalone (follow-up-resolved) question the model is asked. Only a generation
+    The model is asked ``question.resolved``, the standalone (follow-up-resolved) question. Only a generation
     the model finished itself is checked: one cut by the token or time limit, stopped (``cancel``)
     or ended by the worker's death is never repaired into an answer. ``on_status`` hears the
     worker's queue state; ``stream`` lets tests supply the model's output (a plain iterator counts
@@ -51,7 +52,7 @@ def generate_answer(index: Index, question: str, query: str, hits: list[Hit], se
     """
     if extractive.refused:
         return _fallback(extractive, FallbackReason.NOT_ASKED)
-    spans = evidence_sentences(index, query, hits)
+    spans = evidence_sentences(index, question.info, hits)
     excerpts = [index.articles[a].text[s:e] for a, s, e in spans]
     t0 = time.perf_counter()
     first_ms = None
@@ -62,7 +63,7 @@ def generate_answer(index: Index, question: str, query: str, hits: list[Hit], se
             from .llm import build_messages, get_llm
 
             llm = get_llm(settings.llm_model, settings.cache_path(), extra_bufts=settings.llm_extra_bufts)
-            stream = llm.generate(build_messages(query, excerpts), max_tokens=settings.llm_max_tokens,
+            stream = llm.generate(build_messages(question.resolved, excerpts), max_tokens=settings.llm_max_tokens,
                                   timeout_s=settings.llm_timeout_s, cancel=cancel, on_status=on_status)
         limit = 8 * settings.llm_max_tokens  # characters: an answer that runs on is cut off here
         try:
@@ -122,5 +123,5 @@ def generate_answer(index: Index, question: str, query: str, hits: list[Hit], se
         a, s, e = spans[old - 1]
         citations.append(make_citation(new, index, a, s, e))
     mode = AnswerKind.LLM_REPAIRED if grounded.repaired or grounded.dropped else AnswerKind.LLM
-    return Answer(question=question, answer="".join(parts), refused=False, citations=tuple(citations),
+    return Answer(question=question.text, answer="".join(parts), refused=False, citations=tuple(citations),
                   mode=mode, check=check, timings_ms=timings)

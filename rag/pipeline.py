@@ -20,7 +20,7 @@ from .errors import BadInput, IndexFormat, IndexNotFound
 from .index import Index, check_fresh, load_index, seed_hashes, sidecar_hash, stale_pages, write_index
 from .ingest import MAX_PAGE_CHUNKS, list_pages, page_name_problem, read_page
 from .meta import SIDECAR, Filters, PageMeta, page_meta, read_sidecar, set_sidecar_entry
-from .query import resolve_followup
+from .query import Question, resolve_followup
 from .retrieve import check_query
 from .score import ScoringParams
 from .retrieve import search as _search
@@ -334,22 +334,39 @@ class Engine:
                 cache[q] = v
         return np.stack([cache[q] for q in queries]) if queries else np.zeros((0, self.index.dimension), np.float32)
 
-    def search(self, query: str, *, k: int | None = None, retriever: str | None = None,
+    def question(self, text: object, *, history: list[str] | None = None,
+                 filters: Filters | dict | None = None) -> Question:
+        """Check a question once and make the record every later stage reads: its text, the standalone
+        question a follow-up stands for (resolved against ``history``, oldest first), its analysis and
+        its filters.
+
+        Raises:
+            BadInput: an empty, over-long or wordless question, or a bad filter.
+        """
+        text = check_query(text, self.settings)
+        resolved = resolve_followup(text, [h for h in (history or []) if isinstance(h, str)])
+        if filters is not None and not isinstance(filters, Filters):
+            filters = Filters.from_dict(filters)
+        return Question.of(text, resolved=check_query(resolved, self.settings), filters=filters)
+
+    def search(self, query: str | Question, *, k: int | None = None, retriever: str | None = None,
                scoring: ScoringParams | None = None, query_vector=None,
                filters: Filters | dict | None = None) -> list[Hit]:
         """Hybrid (or BM25 / dense) search of the index, reranked with ``scoring`` (default: the fitted one).
 
-        ``filters`` (paper, region, since, until) restrict the hits to the articles inside them, exactly.
+        ``filters`` (paper, region, since, until) restrict the hits to the articles inside them, exactly
+        (a ``Question`` carries its own).
 
         Raises:
-            BadInput: a bad filter, or filters that no article of the index is inside (said in Chinese).
+            BadInput: a bad query or filter, or filters that no article of the index is inside (said in Chinese).
         """
+        question = query if isinstance(query, Question) else self.question(query, filters=filters)
         mode = Retriever.parse(retriever or self.settings.retriever, "retriever")
-        allowed = self.allowed_rows(filters)
+        allowed = self.allowed_rows(question.filters)
         vector = query_vector
         if vector is None and (mode is not Retriever.BM25 or self.settings.rerank):
-            vector = self.query_vectors([check_query(query, self.settings)])[0]
-        return _search(self.index, query, k=self.settings.top_k if k is None else k, settings=self.settings,
+            vector = self.query_vectors([question.resolved])[0]
+        return _search(self.index, question, k=self.settings.top_k if k is None else k, settings=self.settings,
                        query_vector=vector, retriever=mode, scoring=scoring, allowed=allowed)
 
     def allowed_rows(self, filters: Filters | dict | None) -> "np.ndarray | None":
@@ -384,23 +401,21 @@ class Engine:
         """
         mode = AnswerMode.parse(mode or self.settings.answer_mode, "answer mode")
         t0 = time.perf_counter()
-        q = check_query(question, self.settings)
-        resolved = resolve_followup(q, [h for h in (history or []) if isinstance(h, str)])
-        vector = self.query_vectors([check_query(resolved, self.settings)])[0]
-        hits = self.search(resolved, k=k, retriever=retriever, scoring=scoring, query_vector=vector, filters=filters)
+        q = self.question(question, history=history, filters=filters)
+        vector = self.query_vectors([q.resolved])[0]
+        hits = self.search(q, k=k, retriever=retriever, scoring=scoring, query_vector=vector)
         t1 = time.perf_counter()
-        answer = compose_answer(self.index, q, hits, self.settings, retrieval_query=resolved, query_vector=vector,
-                                scoring=scoring)
+        answer = compose_answer(self.index, q, hits, self.settings, query_vector=vector, scoring=scoring)
         t2 = time.perf_counter()
         timings = {"retrieve_ms": round((t1 - t0) * 1000, 1), "answer_ms": round((t2 - t1) * 1000, 1)}
         if mode is AnswerMode.LLM:
             from .generate import generate_answer
 
-            answer = generate_answer(self.index, q, resolved, hits, self.settings, answer, on_delta=on_delta,
+            answer = generate_answer(self.index, q, hits, self.settings, answer, on_delta=on_delta,
                                      on_status=on_status, cancel=cancel)
             timings.update(answer.timings_ms)
         timings["total_ms"] = round((time.perf_counter() - t0) * 1000, 1)
-        extra = {"resolved_question": resolved} if resolved != q else {}
+        extra = {"resolved_question": q.resolved} if q.resolved != q.text else {}
         return replace(self.with_page_fields(answer), timings_ms=timings, **extra)
 
     def with_page_fields(self, answer: Answer) -> Answer:

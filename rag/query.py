@@ -1,14 +1,16 @@
-"""Question analysis shared by retrieval and answering: key terms, and the kind of fact asked for."""
+"""The question, analysed once: key terms, the kind of fact asked for, follow-ups resolved. A
+``Question`` is made in ``Engine.ask``/``search`` and handed to every stage after it."""
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 from functools import lru_cache
 
+from .meta import Filters
 from .types import QuestionKind
 from .zh import MEASURE_WORDS, fold_width, numbers_in, place_names, relative_years, words, years_in
 
-__all__ = ["QuestionInfo", "analyze_question", "SOFT_TERMS", "is_followup", "resolve_followup"]
+__all__ = ["Question", "QuestionInfo", "analyze_question", "SOFT_TERMS", "is_followup", "resolve_followup"]
 
 _NUM = r"(?:\d+(?:\.\d+)?|[一二三四五六七八九十百千万两]+)"
 # what the question asks for, recognised from its wording
@@ -39,6 +41,24 @@ class QuestionInfo:
     numbers: tuple[str, ...]
     places: tuple[str, ...] = ()  # places the question names (zh.place_key form: "德令哈", "海西")
     years: tuple[str, ...] = ()  # years it names ("2023", or relative to the paper: "去年")
+
+
+@dataclass(frozen=True)
+class Question:
+    """A checked question as the stages read it: what was asked, the standalone question it stands
+    for after the conversation (a follow-up resolved; else the same text), that question's analysis,
+    and the filters its sources must be inside."""
+
+    text: str  # as asked, cleaned of control and zero-width characters
+    resolved: str  # what is searched for and analysed
+    info: QuestionInfo  # analyze_question(resolved)
+    filters: Filters | None = None
+
+    @classmethod
+    def of(cls, text: str, *, resolved: str | None = None, filters: Filters | None = None) -> "Question":
+        """The record of an already checked text (and its resolved form, if it is a follow-up)."""
+        resolved = text if resolved is None else resolved
+        return cls(text, resolved, analyze_question(resolved), filters or None)
 
 
 @lru_cache(maxsize=1024)

@@ -7,6 +7,7 @@ from .config import Settings
 from .errors import BadInput
 from .index import Index
 from .ingest import clean_question
+from .query import Question
 from .score import ScoringParams, gather_evidence, load_scoring, remember_evidence, rerank, term_idf
 from .types import Hit, Retriever
 from .zh import is_han, tokenize
@@ -114,18 +115,20 @@ def fused_ranking(index: Index, query: str, *, settings: Settings, query_vector:
     return fuse_ranks(rankings, weights, settings.rrf_k)
 
 
-def search(index: Index, query: str, *, k: int = 5, settings: Settings | None = None,
+def search(index: Index, query: str | Question, *, k: int = 5, settings: Settings | None = None,
            query_vector: np.ndarray | None = None, retriever: str | None = None,
            scoring: ScoringParams | None = None, allowed: np.ndarray | None = None) -> list[Hit]:
     """The top ``k`` chunks for a query, by the configured retriever (hybrid, bm25 or dense), reranked
     by the probability that their best sentence answers the question (``rag.score``).
 
+    ``query`` is the question record ``Engine`` made (a plain text is checked and analysed here);
     ``query_vector`` is the encoded query (needed unless the retriever is bm25 without rerank);
     ``allowed`` the chunk rows a filter leaves (None: all), searched exactly.
     """
     settings = settings or index.settings
     mode = Retriever.parse(retriever or settings.retriever, "retriever")
-    q = check_query(query, settings)
+    question = query if isinstance(query, Question) else Question.of(check_query(query, settings))
+    q = question.resolved
     k = check_k(k)
     params = scoring or load_scoring()
     if (mode is not Retriever.BM25 or settings.rerank) and query_vector is None:
@@ -135,7 +138,7 @@ def search(index: Index, query: str, *, k: int = 5, settings: Settings | None = 
     evidence = []
     if settings.rerank:
         depth = [(row, rank) for rank, (row, _) in enumerate(ranked[: params.rerank_depth], start=1)]
-        evidence = gather_evidence(index, q, query_vector, depth, params)
+        evidence = gather_evidence(index, question.info, query_vector, depth, params)
         ranked = rerank(evidence, ranked, {index.chunks[r].chunk_id: r for r, _ in depth}, params)
     hits = []
     for rank, (row, score) in enumerate(_dedupe(index, ranked, k), start=1):
@@ -144,5 +147,5 @@ def search(index: Index, query: str, *, k: int = 5, settings: Settings | None = 
         hits.append(Hit(rank=rank, score=round(float(score), 6), chunk=chunk, title=art.title, source=art.source,
                         **art.page_fields()))
     if evidence:
-        remember_evidence(index, q, hits, evidence)
+        remember_evidence(index, question.info, hits, evidence)
     return hits

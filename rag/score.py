@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .query import SOFT_TERMS, QuestionInfo, analyze_question
+from .query import SOFT_TERMS, QuestionInfo
 from .types import QuestionKind
 from .zh import (MEASURE_WORDS, add_place_names, count_han, fold_width, is_han, local_place_names, place_key,
                  place_names, relative_years, split_sentences, years_in)
@@ -451,18 +451,18 @@ def _foreign_places(query: str, corpus: str, known: tuple[str, ...]) -> tuple[st
     return _foreign_places_cached(query, next((k for k, v in _blobs.items() if v is corpus), 0), known)
 
 
-def gather_evidence(index, query: str, query_vector: np.ndarray, ranked: list[tuple[int, int]],
+def gather_evidence(index, info: QuestionInfo, query_vector: np.ndarray, ranked: list[tuple[int, int]],
                     params: ScoringParams) -> list[Evidence]:
     """Features of every sentence (and, for number/date/rank questions, clause window) of the given
-    chunks, as (chunk row, fused rank) pairs. Parameter-free apart from the similarity rescaling."""
-    info = analyze_question(query)
+    chunks, as (chunk row, fused rank) pairs, for the question ``info`` (``analyze_question``).
+    Parameter-free apart from the similarity rescaling."""
     idf = term_idf(index)
     unknown_idf = math.log(1 + max(1, len(index.chunks)))
     corpus = _corpus_text(index)
     table = sentence_table(index)
     qv = np.asarray(query_vector, dtype=np.float32).reshape(-1)
     weights = term_weights(info, idf, unknown_idf=unknown_idf, corpus=corpus)
-    asked_places = info.places + _foreign_places(query, corpus, info.places)
+    asked_places = info.places + _foreign_places(info.text, corpus, info.places)
     windows = info.kind.asks_a_figure
     explicit_years = tuple(y for y in info.years if y.isdigit())
     relative = tuple(y for y in info.years if not y.isdigit())
@@ -610,29 +610,30 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, *, l2: float = 1.0, sample_weight
 _remembered: dict[tuple, list[Evidence]] = {}
 
 
-def _hits_key(index, query: str, hits) -> tuple:
-    return (id(index), query, tuple(h.chunk.chunk_id for h in hits))
+def _hits_key(index, info: QuestionInfo, hits) -> tuple:
+    return (id(index), info.text, tuple(h.chunk.chunk_id for h in hits))
 
 
-def remember_evidence(index, query: str, hits, evidence: list[Evidence]) -> None:
+def remember_evidence(index, info: QuestionInfo, hits, evidence: list[Evidence]) -> None:
     """Keep the evidence a search scored, so that answering its hits does not score them again."""
     ids = {h.chunk.chunk_id for h in hits}
     with _lock:
         while len(_remembered) >= 32:
             _remembered.pop(next(iter(_remembered)))
-        _remembered[_hits_key(index, query, hits)] = [ev for ev in evidence if ev.chunk_id in ids]
+        _remembered[_hits_key(index, info, hits)] = [ev for ev in evidence if ev.chunk_id in ids]
 
 
-def evidence_of_hits(index, query: str, hits, query_vector: np.ndarray | None, params: ScoringParams) -> list[Evidence]:
-    """The scored sentences of a search's hits (remembered from the search, else scored now with the
-    hits' ranks as their retrieval ranks)."""
+def evidence_of_hits(index, info: QuestionInfo, hits, query_vector: np.ndarray | None,
+                     params: ScoringParams) -> list[Evidence]:
+    """The scored sentences of a search's hits for the question ``info`` (remembered from the search,
+    else scored now with the hits' ranks as their retrieval ranks)."""
     with _lock:
-        found = _remembered.get(_hits_key(index, query, hits))
+        found = _remembered.get(_hits_key(index, info, hits))
     if found is not None:
         return found
     if query_vector is None:
         from .embed import get_encoder
 
-        query_vector = get_encoder(index.settings).encode_queries([query])[0]
+        query_vector = get_encoder(index.settings).encode_queries([info.text])[0]
     rows = {c.chunk_id: i for i, c in enumerate(index.chunks)}
-    return gather_evidence(index, query, query_vector, [(rows[h.chunk.chunk_id], h.rank) for h in hits], params)
+    return gather_evidence(index, info, query_vector, [(rows[h.chunk.chunk_id], h.rank) for h in hits], params)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rag.ground import check_answer, facts_in, normalize_numbers
+from rag.types import FallbackReason
 
 EXCERPTS = [
     "格尔木昆仑经济技术开发区在全国230家国家级经济技术开发区中位列128位，较上年度考核排名跃升85位。",
@@ -99,25 +100,29 @@ def test_generated_answers_fall_back_when_they_fail(engine):
     extractive = engine.ask(q)
 
     def run(text):
-        return generate_answer(engine.index, q, q, hits, engine.settings, extractive, stream=iter([text]))
+        return generate_answer(engine.index, engine.question(q), hits, engine.settings, extractive,
+                               stream=iter([text]))
 
     good = run("格尔木昆仑经济技术开发区位列全国第128位[1]。")
     assert good.mode == "llm" and "128" in good.answer and good.citations[0].excerpt in \
         engine.index.articles[good.citations[0].article_id].text
     bad = run("格尔木开发区排名全国第100位[1]。")
     assert bad.mode == "extractive-fallback" and bad.answer == extractive.answer
-    assert "grounding" in bad.fallback_reason
+    assert "grounding" in bad.fallback_reason and bad.fallback is FallbackReason.UNGROUNDED
     refusal = run("资料中没有相关信息。")
     assert refusal.mode == "extractive-fallback" and "declined" in refusal.fallback_reason
+    assert refusal.fallback is FallbackReason.DECLINED
     empty = run("")
-    assert empty.fallback_reason == "the model produced no answer"
+    assert empty.fallback_reason == "the model produced no answer" and empty.fallback is FallbackReason.NO_ANSWER
     vague = run("格尔木昆仑经济技术开发区在全国排名靠前[1]。")
     assert vague.mode == "extractive-fallback" and "left out" in vague.fallback_reason
+    assert vague.fallback is FallbackReason.LEFT_OUT_FACTS and good.fallback is None
     unanswerable = engine.ask("西宁地铁什么时候开通？")
-    skipped = generate_answer(engine.index, "西宁地铁什么时候开通？", "西宁地铁什么时候开通？",
+    skipped = generate_answer(engine.index, engine.question("西宁地铁什么时候开通？"),
                               engine.search("西宁地铁什么时候开通？"), engine.settings, unanswerable,
                               stream=iter(["西宁地铁将于2025年开通[1]。"]))
     assert skipped.refused and "not asked" in skipped.fallback_reason
+    assert skipped.fallback is FallbackReason.NOT_ASKED
 
 
 @pytest.mark.parametrize("sentence, excerpt, shown", [
@@ -154,11 +159,13 @@ def test_only_a_finished_generation_is_checked(engine, pieces, finish):
 
     q = "格尔木的开发区在全国排第几？"
     extractive = engine.ask(q)
-    ans = generate_answer(engine.index, q, q, engine.search(q), engine.settings, extractive,
+    ans = generate_answer(engine.index, engine.question(q), engine.search(q), engine.settings, extractive,
                           stream=_Unfinished(pieces, finish, "why"))
     assert ans.mode == "extractive-fallback" and ans.answer == extractive.answer
     assert ans.check["finish_reason"] == finish and "why" in ans.fallback_reason
     assert ("failed" in ans.fallback_reason) == (finish in ("crashed", "hung"))
+    failed = finish in ("crashed", "hung")
+    assert ans.fallback is (FallbackReason.MODEL_FAILED if failed else FallbackReason.NOT_FINISHED)
 
 
 def test_output_past_the_character_limit_is_not_repaired_into_an_answer(engine):
@@ -169,7 +176,7 @@ def test_output_past_the_character_limit_is_not_repaired_into_an_answer(engine):
     q = "试点企业签了多少份电子劳动合同？"
     base = engine.ask(q)
     endless = itertools.cycle(["试点企业签订合同182份[1]。", "还有更多"])
-    ans = generate_answer(engine.index, q, q, engine.search(q), engine.settings, base, stream=endless)
+    ans = generate_answer(engine.index, engine.question(q), engine.search(q), engine.settings, base, stream=endless)
     assert ans.mode == "extractive-fallback" and ans.check["finish_reason"] == "length"
     assert len(ans.check["model_answer"]) <= 8 * engine.settings.llm_max_tokens + 40
     assert ans.answer == base.answer and "182" in ans.answer
