@@ -12,6 +12,7 @@ import json
 import shutil
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from .errors import BadInput, IndexFormat, IndexNotFound, IndexStale
 from .meta import SIDECAR
 from .storage import file_checksums, make_temp_dir, read_lock, swap_into_place, verify_files
 from .types import Article, Chunk, article_from_dict, chunk_from_dict, to_dict
-from .zh import add_place_names, add_user_words, tokenize
+from .zh import add_place_names, add_user_words, fold_width, tokenize
 
 __all__ = ["FORMAT_VERSION", "Index", "write_index", "load_index", "seed_hashes", "sidecar_hash", "stale_pages", "library_versions"]
 
@@ -32,9 +33,10 @@ MANIFEST = "manifest.json"
 _UNCHECKED = (MANIFEST, "README.md")
 
 
-@dataclass
+@dataclass(eq=False)
 class Index:
-    """A loaded index: records plus the FAISS and BM25 search structures."""
+    """A loaded index: records plus the FAISS and BM25 search structures, and what is derived from
+    them once (its own state: nothing about an index is kept in a module-level cache)."""
 
     path: Path
     manifest: dict
@@ -47,6 +49,22 @@ class Index:
     # passage vector, row i = record i: the answer scoring's semantic and place/year evidence
     sentences: list[dict] = field(default_factory=list)
     sentence_vectors: np.ndarray | None = None
+    # what later stages derive from this index once (rag.score's sentence table, the evidence a search
+    # scored for its answer); it goes when the index goes
+    derived: dict = field(default_factory=dict, repr=False)
+
+    @cached_property
+    def corpus_text(self) -> str:
+        """Every article's title and text, width-folded and lower-cased: where a question's words are looked up."""
+        return fold_width("\n".join(a.title + "\n" + a.text for a in self.articles.values())).lower()
+
+    @cached_property
+    def term_idf(self) -> dict[str, float]:
+        """BM25-style IDF of every indexed token (from the BM25 index's document frequencies)."""
+        df = np.diff(np.asarray(self.bm25.scores["indptr"]))
+        n = max(1, len(self.chunks))
+        idf = np.log(1 + (n - df + 0.5) / (df + 0.5))
+        return {t: float(idf[i]) for t, i in self.bm25.vocab_dict.items() if i < len(idf)}
 
     @property
     def model(self) -> str:

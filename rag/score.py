@@ -390,51 +390,34 @@ def _windows(text: str, start: int, end: int) -> list[tuple[int, int]]:
     return spans
 
 
-_blobs: dict[int, str] = {}
-_idf: dict[int, dict[str, float]] = {}
-_tables: dict[int, SentenceTable] = {}
 _lock = threading.Lock()
 
 
-def _corpus_text(index) -> str:
-    key = id(index)
-    if key not in _blobs:
-        _blobs.clear()
-        _blobs[key] = fold_width("\n".join(a.title + "\n" + a.text for a in index.articles.values())).lower()
-    return _blobs[key]
-
-
 def term_idf(index) -> dict[str, float]:
-    """BM25-style IDF of every indexed token (from the BM25 index's document frequencies)."""
-    key = id(index.bm25)
-    if key not in _idf:
-        indptr = np.asarray(index.bm25.scores["indptr"])
-        df = np.diff(indptr)
-        n = max(1, len(index.chunks))
-        idf = np.log(1 + (n - df + 0.5) / (df + 0.5))
-        _idf.clear()
-        _idf[key] = {t: float(idf[i]) for t, i in index.bm25.vocab_dict.items() if i < len(idf)}
-    return _idf[key]
+    """BM25-style IDF of every indexed token (``Index.term_idf``)."""
+    return index.term_idf
 
 
 def sentence_table(index) -> SentenceTable:
-    """The index's sentence table (built once per loaded index)."""
-    key = id(index)
+    """The index's sentence table (built once per loaded index, kept on it)."""
     with _lock:
-        if key not in _tables:
-            _tables.clear()
-            _tables[key] = SentenceTable(index.sentences, index.sentence_vectors, index.articles)
-        return _tables[key]
+        table = index.derived.get("sentence_table")
+        if table is None:
+            table = index.derived["sentence_table"] = SentenceTable(index.sentences, index.sentence_vectors,
+                                                                    index.articles)
+        return table
 
 
 @lru_cache(maxsize=256)
-def _foreign_places_cached(query: str, corpus_id: int, known: tuple[str, ...]) -> tuple[str, ...]:
+def _foreign_places(query: str, corpus: str, known: tuple[str, ...]) -> tuple[str, ...]:
+    """Places a question names that the newspapers never mention (jieba place words absent from the
+    corpus: "包头", "呼和浩特"); jieba also tags common words as places ("深度"), but those the
+    corpus uses, so a word tagged so and never used by the pages is taken to be a place they lack."""
     from .zh import _jieba
 
     _jieba()
     import jieba.posseg as pseg
 
-    corpus = _blobs.get(corpus_id, "")
     out = []
     for p in pseg.lcut(fold_width(query), HMM=False):
         w = p.word
@@ -444,13 +427,6 @@ def _foreign_places_cached(query: str, corpus_id: int, known: tuple[str, ...]) -
     return tuple(dict.fromkeys(out))
 
 
-def _foreign_places(query: str, corpus: str, known: tuple[str, ...]) -> tuple[str, ...]:
-    """Places a question names that the newspapers never mention (jieba place words absent from the
-    corpus: "包头", "呼和浩特"); jieba also tags common words as places ("深度"), but those the
-    corpus uses, so a word tagged so and never used by the pages is taken to be a place they lack."""
-    return _foreign_places_cached(query, next((k for k, v in _blobs.items() if v is corpus), 0), known)
-
-
 def gather_evidence(index, info: QuestionInfo, query_vector: np.ndarray, ranked: list[tuple[int, int]],
                     params: ScoringParams) -> list[Evidence]:
     """Features of every sentence (and, for number/date/rank questions, clause window) of the given
@@ -458,7 +434,7 @@ def gather_evidence(index, info: QuestionInfo, query_vector: np.ndarray, ranked:
     Parameter-free apart from the similarity rescaling."""
     idf = term_idf(index)
     unknown_idf = math.log(1 + max(1, len(index.chunks)))
-    corpus = _corpus_text(index)
+    corpus = index.corpus_text
     table = sentence_table(index)
     qv = np.asarray(query_vector, dtype=np.float32).reshape(-1)
     weights = term_weights(info, idf, unknown_idf=unknown_idf, corpus=corpus)
@@ -607,20 +583,18 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, *, l2: float = 1.0, sample_weight
 
 # --- the evidence of a search, kept for its answer -------------------------------------------------
 
-_remembered: dict[tuple, list[Evidence]] = {}
-
-
-def _hits_key(index, info: QuestionInfo, hits) -> tuple:
-    return (id(index), info.text, tuple(h.chunk.chunk_id for h in hits))
+def _hits_key(info: QuestionInfo, hits) -> tuple:
+    return (info.text, tuple(h.chunk.chunk_id for h in hits))
 
 
 def remember_evidence(index, info: QuestionInfo, hits, evidence: list[Evidence]) -> None:
     """Keep the evidence a search scored, so that answering its hits does not score them again."""
     ids = {h.chunk.chunk_id for h in hits}
     with _lock:
-        while len(_remembered) >= 32:
-            _remembered.pop(next(iter(_remembered)))
-        _remembered[_hits_key(index, info, hits)] = [ev for ev in evidence if ev.chunk_id in ids]
+        remembered = index.derived.setdefault("evidence", {})
+        while len(remembered) >= 32:
+            remembered.pop(next(iter(remembered)))
+        remembered[_hits_key(info, hits)] = [ev for ev in evidence if ev.chunk_id in ids]
 
 
 def evidence_of_hits(index, info: QuestionInfo, hits, query_vector: np.ndarray | None,
@@ -628,7 +602,7 @@ def evidence_of_hits(index, info: QuestionInfo, hits, query_vector: np.ndarray |
     """The scored sentences of a search's hits for the question ``info`` (remembered from the search,
     else scored now with the hits' ranks as their retrieval ranks)."""
     with _lock:
-        found = _remembered.get(_hits_key(index, info, hits))
+        found = index.derived.get("evidence", {}).get(_hits_key(info, hits))
     if found is not None:
         return found
     if query_vector is None:
