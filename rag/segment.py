@@ -91,6 +91,32 @@ class _Run:
         return run
 
 
+# The page read in order, as items: headline groups, bare author names after a headline, column
+# labels and body runs (_Run).
+@dataclass
+class _Headline:
+    """The printed lines of one headline group: a kicker, the headline, a subtitle."""
+
+    lines: list[Paragraph]
+
+
+@dataclass
+class _Name:
+    """A bare author name printed under a headline."""
+
+    text: str
+
+
+@dataclass
+class _Label:
+    """A column label (民生简讯, 短评): it heads what follows and titles nothing."""
+
+    text: str
+
+
+_Item = _Headline | _Name | _Label | _Run
+
+
 def _classify(p: Paragraph) -> str:
     t = p.text
     if _CAPTION_RE.search(t) and len(_CAPTION_RE.split(t)[0]) <= 80 or _CAPTION_RE.match(t):
@@ -277,7 +303,7 @@ def _segment(raw: str, source: str) -> tuple[list[Article], list[str]]:
     flags = [_classify(p) for p in paras]
     _captions(paras, flags)
     items = _items(paras, flags)
-    runs = [obj for kind, obj in items if kind == "R"]
+    runs = [item for item in items if isinstance(item, _Run)]
     lost = _place_headlines(items, runs)
     # a headline over a photo and its caption (图片新闻) titles the caption
     caption_titles: dict[int, str] = {}
@@ -313,9 +339,9 @@ def render_report(layout: PageLayout) -> str:
     return "\n".join(lines)
 
 
-def _items(paras: list[Paragraph], flags: list[str]) -> list[tuple[str, object]]:
-    """("H", [paragraphs]) headline groups, ("N", name) bare names, ("R", run) bodies with bylines folded in."""
-    items: list[tuple[str, object]] = []
+def _items(paras: list[Paragraph], flags: list[str]) -> list[_Item]:
+    """The page's items in order: headline groups, bare names, labels, and body runs with bylines folded in."""
+    items: list[_Item] = []
     pending_byline: str | None = None
     notes: list[tuple[str, tuple[Segment, ...]]] = []  # an editor's note waiting for its story
     for idx, (p, kind) in enumerate(zip(paras, flags)):
@@ -323,8 +349,8 @@ def _items(paras: list[Paragraph], flags: list[str]) -> list[tuple[str, object]]
             notes.append((p.text, p.segments))
             continue
         if kind in ("caption", "jump"):
-            if kind == "jump" and items and items[-1][0] == "R":
-                items[-1][1].jumped = True
+            if kind == "jump" and items and isinstance(items[-1], _Run):
+                items[-1].jumped = True
             continue
         last = items[-1] if items else None
         if kind == "heading":
@@ -335,39 +361,39 @@ def _items(paras: list[Paragraph], flags: list[str]) -> list[tuple[str, object]]
                 # a column label (民生简讯, 短评, or any line of four characters over a headline) heads
                 # what follows and titles nothing
                 over_headline = k + 1 < len(lines) or idx + 1 < len(flags) and flags[idx + 1] == "heading"
-                if _LABEL_RE.match(line.text) or len(line.text) <= 4 and over_headline and last and last[0] == "H":
-                    items.append(("L", line.text))
-                elif last and last[0] == "H" and (not line.gap_before or line is not p):
-                    last[1].append(line)
+                if _LABEL_RE.match(line.text) or len(line.text) <= 4 and over_headline and isinstance(last, _Headline):
+                    items.append(_Label(line.text))
+                elif isinstance(last, _Headline) and (not line.gap_before or line is not p):
+                    last.lines.append(line)
                 else:
-                    items.append(("H", [line]))
+                    items.append(_Headline([line]))
             continue
         if kind == "name":
-            if last and last[0] == "H":
-                items.append(("N", p.text))
+            if isinstance(last, _Headline):
+                items.append(_Name(p.text))
             else:
-                items.append(("H", [p]))
+                items.append(_Headline([p]))
             continue
         if kind == "byline":
-            if p.text.startswith(("(", "（")) and last and last[0] == "R" and not last[1].closed_by_byline:
-                last[1].byline = last[1].byline or clean_byline(p.text)
-                last[1].closed_by_byline = True
+            if p.text.startswith(("(", "（")) and isinstance(last, _Run) and not last.closed_by_byline:
+                last.byline = last.byline or clean_byline(p.text)
+                last.closed_by_byline = True
             else:
                 pending_byline = clean_byline(p.text)
             continue
-        if kind == "body" and last and last[0] == "L":
+        if kind == "body" and isinstance(last, _Label):
             # a column label is followed by a headline, even one the layout ran into the body
             lines = _printed_lines(p)
             head = lines[0].text
             if len(lines) > 1 and not re.search(r"[，。；！？,;!?]", head) and p.text.startswith(head):
-                items.append(("H", [lines[0]]))
+                items.append(_Headline([lines[0]]))
                 p = Paragraph(p.text[len(head):], tuple(slice_segments(p.segments, len(head), len(p.text))),
                               lines[1].line, False)
         text, segs = p.text, p.segments
         jump = _JUMP_RE.search(text)
         if jump and jump.start() > 0:
             text, segs = text[:jump.start()], tuple(slice_segments(segs, 0, jump.start()))
-        run = last[1] if last and last[0] == "R" else None
+        run = last if isinstance(last, _Run) else None
         m_lead = _LEAD_RE.match(text) or _LEAD_SAYS_RE.match(text) or _LEAD_BARE_RE.match(text)
         m_cont = _CONT_RE.match(text)
         m_item = _ITEM_RE.match(text) if kind == "item" else None
@@ -375,7 +401,7 @@ def _items(paras: list[Paragraph], flags: list[str]) -> list[tuple[str, object]]
                 or pending_byline:
             run = _Run(hard_start=bool(m_lead or m_cont or m_item), byline_line=pending_byline is not None,
                        byline=pending_byline, continuation=bool(m_cont))
-            items.append(("R", run))
+            items.append(run)
             pending_byline = None
             run.paras.extend(notes)
             notes = []
@@ -416,13 +442,13 @@ _SECTION_HEAD_MAX = 10
 _NEWS_OPENING_RE = re.compile(r"^(近日|日前|近期|近年来|今年以来|连日来|记者[^，。]{0,20}获悉)")
 
 
-def _place_headlines(items: list, runs: list[_Run]) -> list[tuple[str, str, int]]:
+def _place_headlines(items: list[_Item], runs: list[_Run]) -> list[tuple[str, str, int]]:
     """Give each headline group a body; return the groups that found none (text, title, last line)."""
     lost: list[tuple[str, str | None, list]] = []
     for entry in list(items):  # a split run adds items: walk a copy, find each headline's place anew
-        kind, obj = entry
-        if kind != "H":
+        if not isinstance(entry, _Headline):
             continue
+        obj = entry.lines
         i = next(k for k, e in enumerate(items) if e is entry)
         texts = [p.text for p in obj]
         if sum(1 for t in texts if _PAGE_REF_RE.search(t)) >= max(1, len(texts) // 2):
@@ -434,10 +460,10 @@ def _place_headlines(items: list, runs: list[_Run]) -> list[tuple[str, str, int]
             lost.append(("", None, texts[:cut], obj[:cut]))
             texts = texts[cut:]
         title, subtitle = _headline_group(texts)
-        prev_run = items[i - 1][1] if i > 0 and items[i - 1][0] == "R" else None
+        prev_run = items[i - 1] if i > 0 and isinstance(items[i - 1], _Run) else None
         nxt = items[i + 1] if i + 1 < len(items) else None
-        trailing_name = nxt[1] if nxt and nxt[0] == "N" else None
-        next_run = nxt[1] if nxt and nxt[0] == "R" else None
+        trailing_name = nxt.text if isinstance(nxt, _Name) else None
+        next_run = nxt if isinstance(nxt, _Run) else None
         if trailing_name:
             next_run = None
         prev_root = prev_run.root() if prev_run else None
@@ -502,12 +528,12 @@ def _give_title(run: _Run, title: str, subtitle: str | None, name: str | None) -
         run.byline = name
 
 
-def _articles(items: list, paras: list[Paragraph], flags: list[str], source: str,
+def _articles(items: list[_Item], paras: list[Paragraph], flags: list[str], source: str,
               caption_titles: dict[int, str]) -> list[Article]:
     """Article records in page order of their bodies, captions among them, with page-local ids."""
     stem = PurePath(source).stem
     articles: list[Article] = []
-    roots = [obj for kind, obj in items if kind == "R" and obj.merged_into is None and obj.paras]
+    roots = [item for item in items if isinstance(item, _Run) and item.merged_into is None and item.paras]
     for run in roots:
         text, segs = _join(run)
         if not text.strip():
@@ -534,9 +560,9 @@ def _articles(items: list, paras: list[Paragraph], flags: list[str], source: str
     return [replace(a, article_id=f"{stem}-{k:02d}") for k, a in enumerate(articles, start=1)]
 
 
-def _closed_later(items: list, i: int) -> bool:
-    for kind, obj in items[i + 1:]:
-        if kind == "R":
+def _closed_later(items: list[_Item], i: int) -> bool:
+    for obj in items[i + 1:]:
+        if isinstance(obj, _Run):
             if obj.hard_start or obj.byline_line:
                 return False
             if obj.closed_by_byline:
@@ -544,7 +570,7 @@ def _closed_later(items: list, i: int) -> bool:
     return False
 
 
-def _split_run(run: _Run, title: str, items: list, runs: list[_Run]) -> _Run | None:
+def _split_run(run: _Run, title: str, items: list[_Item], runs: list[_Run]) -> _Run | None:
     """Cut the paragraphs of ``run`` where they stop matching its headline and start matching ``title``."""
     if len(run.paras) < 2:
         return None
@@ -565,8 +591,8 @@ def _split_run(run: _Run, title: str, items: list, runs: list[_Run]) -> _Run | N
         return None
     tail = _Run(paras=run.paras[best_k:])
     run.paras = run.paras[:best_k]
-    idx = next(i for i, (kind, obj) in enumerate(items) if obj is run)
-    items.insert(idx + 1, ("R", tail))
+    idx = next(i for i, item in enumerate(items) if item is run)
+    items.insert(idx + 1, tail)
     runs.insert(runs.index(run) + 1, tail)
     return tail
 
