@@ -224,3 +224,20 @@ def test_load_qa_reads_kinds_pages_and_histories(tmp_path):
     a, b = load_qa(path)
     assert a.history == ("格尔木的开发区在全国排第几？",) and a.kind == "followup" and a.page == "000"
     assert b.group == "fact" and a.group == "followup"
+
+
+def test_per_index_state_lives_on_each_loaded_index(index_dir, engine):
+    """Two loads of one index each carry their own derived state; answering from one leaves the other
+    untouched, and the scoring module holds no cache keyed by an index."""
+    import rag.score as score
+    from rag.index import load_index
+
+    first, second = load_index(index_dir), load_index(index_dir)
+    assert first.term_idf == second.term_idf and first.term_idf is not second.term_idf
+    assert first.corpus_text == second.corpus_text and "格尔木" in first.corpus_text
+    table = score.sentence_table(first)
+    assert score.sentence_table(first) is table and "sentence_table" not in second.derived
+    assert len(table.facts) == len(first.sentences)
+    engine.ask("格尔木的开发区在全国排第几？")
+    assert engine.index.derived["evidence"] and "evidence" not in first.derived
+    assert not {"_blobs", "_idf", "_tables", "_remembered"} & set(vars(score))  # the old id()-keyed caches
