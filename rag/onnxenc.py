@@ -199,7 +199,7 @@ class OnnxEncoder:
 
     runtime = RUNTIME
 
-    def __init__(self, model_dir: str | Path, name: str, *, threads: int | None = None):
+    def __init__(self, model_dir: str | Path, name: str, *, threads: int | None = None, graph: str | Path | None = None):
         import onnxruntime as ort
         import sentencepiece as spm
 
@@ -220,7 +220,7 @@ class OnnxEncoder:
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             opts.intra_op_num_threads = threads or min(os.cpu_count() or 1, 4)
             opts.inter_op_num_threads = 1
-            self.session = ort.InferenceSession(str(folder / _GRAPH), sess_options=opts,
+            self.session = ort.InferenceSession(str(graph or folder / _GRAPH), sess_options=opts,
                                                 providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own classes for a damaged graph
             first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
