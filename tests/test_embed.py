@@ -270,3 +270,20 @@ def test_one_shot_cli_does_not_import_torch_or_gradio(index_dir):
         assert "onnxruntime" in imported and "rag.onnxenc" in imported
         loaded = sorted(m for m in imported if m.split(".")[0] in heavy)
         assert not loaded, f"{args[0]} imported {loaded[:5]}"
+
+
+def test_the_manifest_records_the_runtime_and_refuses_an_unknown_one(index_dir, tmp_path):
+    from rag.errors import IndexFormat
+    from rag.index import load_index
+
+    assert load_index(index_dir).runtime == "onnx-fp32"
+    copy = tmp_path / "index"
+    shutil.copytree(index_dir, copy)
+    manifest = json.loads((copy / "manifest.json").read_text(encoding="utf-8"))
+    del manifest["model"]["runtime"]  # an index from before the runtime was recorded: torch built it
+    (copy / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    assert load_index(copy).runtime == "sentence-transformers"
+    manifest["model"]["runtime"] = "onnx-int8"
+    (copy / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    with pytest.raises(IndexFormat, match="built by encoder runtime 'onnx-int8'.*rebuild it with `rag index`"):
+        load_index(copy)
