@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -206,6 +207,23 @@ class OnnxEncoder:
         model_dir = Path(model_dir)
         folder = model_dir / ONNX_DIR
         self.name = name
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.intra_op_num_threads = threads or min(os.cpu_count() or 1, 4)
+        opts.inter_op_num_threads = 1
+        # onnxruntime builds the session without the GIL: overlap it with the tokenizer load
+        session: list = []
+
+        def build_session() -> None:
+            try:
+                session.append(ort.InferenceSession(str(graph or folder / _GRAPH), sess_options=opts,
+                                                    providers=["CPUExecutionProvider"]))
+            except Exception as exc:  # noqa: BLE001 - re-raised below, in the caller's thread
+                session.append(exc)
+
+        builder = threading.Thread(target=build_session, name="rag-onnx-load", daemon=True)
+        builder.start()
         try:
             prompts = json.loads((model_dir / "config_sentence_transformers.json").read_text("utf-8"))["prompts"]
             self._query_prompt, self._passage_prompt = prompts["query"], prompts["passage"]
@@ -215,14 +233,12 @@ class OnnxEncoder:
             self._to_space, self._dropped = frozenset(map(chr, tail["to_space"])), frozenset(map(chr, tail["dropped"]))
             self.sentencepiece = spm.SentencePieceProcessor(model_file=str(folder / _SPM))
             self.words = np.load(folder / _WORDS, mmap_mode="r", allow_pickle=False)
-            opts = ort.SessionOptions()
-            opts.log_severity_level = 3
-            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            opts.intra_op_num_threads = threads or min(os.cpu_count() or 1, 4)
-            opts.inter_op_num_threads = 1
-            self.session = ort.InferenceSession(str(graph or folder / _GRAPH), sess_options=opts,
-                                                providers=["CPUExecutionProvider"])
+            builder.join()
+            if isinstance(session[0], Exception):
+                raise session[0]
+            self.session = session[0]
         except Exception as exc:  # onnxruntime raises its own classes for a damaged graph
+            builder.join()
             first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
             raise ModelError(f"cannot load the ONNX encoder in {folder}: {first}; delete that folder to rebuild it, "
                              f"or set RAG_ENCODER=torch") from None
