@@ -6,13 +6,12 @@ The word-embedding matrix (250k x 384) stays out of the graph as a memory-mapped
 rows are gathered per batch, so a one-shot query pages in only the rows it uses; the tokenizer is
 the same Unigram model as a SentencePiece file (loads in ~0.5 s and ~15 MB, not ~1.5 s and ~300 MB).
 
-    enc = OnnxEncoder(model_dir)        # a folder written by rag.bundled.convert
+    enc = OnnxEncoder(model_dir, "bundled")   # a folder written by rag.bundled.convert
     enc.encode_queries(["格尔木的开发区排第几？"])   # (1, 384) float32, unit length
 """
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import tempfile
@@ -25,7 +24,6 @@ from .errors import BadInput, ModelError
 
 __all__ = ["OnnxEncoder", "export_onnx", "onnx_ready", "RUNTIME", "ONNX_DIR"]
 
-log = logging.getLogger("rag")
 
 RUNTIME = "onnx-fp32"
 ONNX_DIR = "onnx"  # inside the converted model folder
