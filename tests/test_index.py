@@ -24,7 +24,7 @@ def test_index_folder_holds_plain_files_with_a_manifest(index_dir):
     assert {"manifest.json", "articles.jsonl", "chunks.jsonl", "dense.faiss", "bm25", "terms.txt"} <= names
     m = json.loads((index_dir / "manifest.json").read_text(encoding="utf-8"))
     assert m["format_version"] == FORMAT_VERSION
-    assert m["model"] == {"name": "bundled:multilingual-e5-small", "dimension": 384}
+    assert m["model"] == {"name": "bundled:multilingual-e5-small", "dimension": 384, "runtime": "onnx-fp32"}
     assert m["dense_index"] == "flat-ip"
     assert set(m["seeds"]) == {p.name for p in SEEDS.glob("*.txt")}
     assert {"faiss-cpu", "bm25s", "jieba", "sentence-transformers"} <= set(m["versions"])
