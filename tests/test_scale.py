@@ -65,7 +65,7 @@ def _rag(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 def test_a_killed_add_of_a_folder_resumes_without_embedding_its_finished_pages_again(index_dir, tmp_path):
     from rag.pipeline import add_pages
 
-    pages = write_variants(tmp_path / "new")
+    pages = write_variants(tmp_path / "new", copies=1)
     runs = {}
     for name in ("killed", "clean"):
         shutil.copytree(index_dir, tmp_path / name / "index")
@@ -76,15 +76,15 @@ def test_a_killed_add_of_a_folder_resumes_without_embedding_its_finished_pages_a
     before = (index / "manifest.json").read_text(encoding="utf-8")
 
     proc = _rag("index", "--add", str(tmp_path / "new"), "--index", str(index), "--seeds", str(seeds),
-                env={"RAG_FAULT_KILL_AT": "embedded-4"})
+                env={"RAG_FAULT_KILL_AT": "embedded-3"})
     assert proc.returncode == -9, proc.stderr
-    assert len(list(staging.glob("*.npy"))) == 4  # four pages checkpointed when it died
+    assert len(list(staging.glob("*.npy"))) == 3  # three pages checkpointed when it died
     assert (index / "manifest.json").read_text(encoding="utf-8") == before  # the old index is untouched
     assert len(load_index(index).chunks) == len(load_index(index_dir).chunks)
 
     proc = _rag("index", "--add", str(tmp_path / "new"), "--index", str(index), "--seeds", str(seeds))
     assert proc.returncode == 0, proc.stderr
-    assert "resumed: 4 page(s) embedded by an interrupted run were reused" in proc.stderr
+    assert "resumed: 3 page(s) embedded by an interrupted run were reused" in proc.stderr
     assert f"added {len(pages)} pages" in proc.stderr
     assert not staging.exists()
 
@@ -94,3 +94,28 @@ def test_a_killed_add_of_a_folder_resumes_without_embedding_its_finished_pages_a
     assert np.allclose(got.vectors(), want.vectors(), atol=1e-4)
     assert np.allclose(got.sentence_vectors, want.sentence_vectors, atol=2e-3)
     assert {p.name for p in pages} <= set(json.loads((index / "manifest.json").read_text("utf-8"))["seeds"])
+
+
+def test_the_index_kind_follows_the_size_and_a_filtered_search_stays_exact(tmp_path):
+    from types import SimpleNamespace
+
+    from rag.config import Settings
+    from rag.index import _faiss_index
+    from rag.retrieve import dense_ranking
+
+    rng = np.random.default_rng(3)
+    centres = rng.standard_normal((40, 64)).astype(np.float32)
+    vectors = centres[rng.integers(0, 40, 4000)] + 0.3 * rng.standard_normal((4000, 64)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    small, kind, params = _faiss_index(vectors[:500], Settings(exact_search_max=1000))
+    assert kind == "flat-ip" and params["chunks"] == 500
+    dense, kind, params = _faiss_index(vectors, Settings(exact_search_max=1000))
+    assert kind == "hnsw-flat-ip" and params == {"chunks": 4000, "exact_search_max": 1000, "M": 32,
+                                                  "efConstruction": 80, "efSearch": 128}
+    index = SimpleNamespace(dense=dense)
+    allowed = np.sort(rng.choice(4000, 60, replace=False))  # a narrow filter: 1.5% of the rows
+    for q in vectors[rng.choice(4000, 30, replace=False)]:
+        got = dense_ranking(index, q, 10, allowed=allowed)
+        scores = vectors[allowed] @ q
+        want = allowed[np.argsort(-scores, kind="stable")[:10]]
+        assert [r for r, _ in got] == list(want)
