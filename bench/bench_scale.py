@@ -1,6 +1,7 @@
 """FAISS index kinds at 10k / 100k / 1M chunks: build time, disk size, query p50/p95, peak RSS, recall@10.
 
     .venv/bin/python bench/bench_scale.py [--sizes 10000,100000,1000000] [--queries 200] [--budget 480]
+    .venv/bin/python bench/bench_scale.py --ingest-pages 60    # a real build: time and peak RSS
 
 The vectors are SYNTHETIC at every size (the encoder embeds ~18 passages/s on 2 cores: 10k real
 chunks would take ~10 min): unit vectors in 384 dimensions drawn around N/40 cluster centres that
@@ -133,6 +134,28 @@ def worker_serve(args: dict) -> dict:
     return {"serve_rss_mb": round(_rss_mb()), "rows": rows}
 
 
+def worker_ingest(args: dict) -> dict:
+    """Build a real index (real encoder) of N pages made from the test pages; time and peak RSS."""
+    sys.path.insert(0, str(ROOT))
+    from rag.ingest import read_page
+    from rag.pipeline import build_index
+
+    folder = Path(args["folder"])
+    seeds = folder / "seeds"
+    seeds.mkdir(parents=True, exist_ok=True)
+    sources = sorted(p.with_name(p.name.replace(".gold.json", ".txt"))
+                     for p in (ROOT / "tests" / "data" / "pages").glob("*.gold.json"))
+    digits = "0123456789"
+    for i in range(args["pages"]):  # each copy with its digits shifted: a page of its own
+        k = i // len(sources) + 1
+        text = read_page(sources[i % len(sources)]).text.translate(str.maketrans(digits, digits[k:] + digits[:k]))
+        (seeds / f"p{i:05d}.txt").write_text(text, encoding="utf-8")
+    t0 = time.perf_counter()
+    summary = build_index(seeds, folder / "index")
+    return {"pages": summary["pages"], "chunks": summary["chunks"], "seconds": round(time.perf_counter() - t0, 1),
+            "rss_mb": round(_rss_mb())}
+
+
 def _run_worker(mode: str, args: dict, timeout: float) -> dict:
     proc = subprocess.run([sys.executable, __file__, "--worker", mode, json.dumps(args)], capture_output=True,
                           text=True, timeout=timeout)
@@ -141,7 +164,7 @@ def _run_worker(mode: str, args: dict, timeout: float) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def bench_size(n: int, n_queries: int, budget: float, previous: dict) -> list[dict]:
+def bench_size(n: int, n_queries: int, budget: float, previous: dict, only: set[str] | None = None) -> list[dict]:
     import faiss
 
     folder = WORK / str(n)
@@ -162,6 +185,8 @@ def bench_size(n: int, n_queries: int, budget: float, previous: dict) -> list[di
     print(f"[{n:,}] synthetic vectors + exact top-10 in {time.perf_counter() - t0:.0f} s", flush=True)
     out = []
     for spec in kinds(n):
+        if only and spec["kind"] not in only:
+            continue
         label = spec["kind"] + "".join(f" {k}={v}" for k, v in spec.items() if k not in ("kind", "search"))
         est = previous.get(spec["kind"])
         if est is not None and est * (n / previous["n"]) * (1.3 if "hnsw" in spec["kind"] else 1.0) > budget:
@@ -191,8 +216,9 @@ def bench_size(n: int, n_queries: int, budget: float, previous: dict) -> list[di
 
 
 def main() -> None:
+    global WORK
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        fn = {"build": worker_build, "serve": worker_serve}[sys.argv[2]]
+        fn = {"build": worker_build, "serve": worker_serve, "ingest": worker_ingest}[sys.argv[2]]
         print(json.dumps(fn(json.loads(sys.argv[3]))))
         return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -200,12 +226,24 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--budget", type=float, default=480, help="seconds one build may take (default 480)")
     ap.add_argument("--json", default=None, help="also write the rows here")
+    ap.add_argument("--kinds", default=None, help="only these kinds, e.g. hnsw,ivf-sq8 (default: all)")
+    ap.add_argument("--work", default=None, help=f"scratch folder (default {WORK})")
+    ap.add_argument("--ingest-pages", type=int, default=0,
+                    help="instead: build a real index (real encoder) of this many pages made from the test pages")
     args = ap.parse_args()
+    WORK = Path(args.work) if args.work else WORK
+    if args.ingest_pages:
+        shutil.rmtree(WORK / "ingest", ignore_errors=True)
+        r = _run_worker("ingest", {"folder": str(WORK / "ingest"), "pages": args.ingest_pages}, timeout=3600)
+        shutil.rmtree(WORK / "ingest", ignore_errors=True)
+        print(f"real build of {r['pages']} pages ({r['chunks']} chunks, real encoder): {r['seconds']} s, "
+              f"{r['pages'] / r['seconds']:.2f} pages/s, peak RSS {r['rss_mb']} MB")
+        return
     print("vectors: SYNTHETIC clustered unit vectors (not the encoder), dim 384; queries one at a time; "
           "recall@10 against exact IndexFlatIP search\n", flush=True)
     rows, previous = [], {}
     for n in (int(s) for s in args.sizes.split(",")):
-        rows += bench_size(n, args.queries, args.budget, previous)
+        rows += bench_size(n, args.queries, args.budget, previous, set(args.kinds.split(",")) if args.kinds else None)
     shutil.rmtree(WORK, ignore_errors=True)
     print(f"\n{'chunks':>9} {'index':34} {'search':14} {'build s':>8} {'disk MB':>8} {'p50 ms':>7} {'p95 ms':>7} "
           f"{'rec@10':>6} {'serve RSS MB':>12}")
