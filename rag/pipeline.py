@@ -205,7 +205,7 @@ def add_pages(files: list[str | Path], index_dir: str | Path = "index", *, seeds
     ``meta`` (page name -> PageMeta) is written into the seeds' ``pages.toml`` under the same lock,
     and put back as it was if the add fails.
     """
-    files = [p for f in files for p in (list_pages(f) if Path(f).is_dir() else [f])]
+    files = [p for f in files for p in (_pages_in(Path(f)) if Path(f).is_dir() else [f])]
     for f in files:
         why = page_name_problem(Path(f).name)
         if why:
@@ -226,6 +226,14 @@ def add_pages(files: list[str | Path], index_dir: str | Path = "index", *, seeds
             if meta:
                 _restore(sidecar, before)
             raise
+
+
+def _pages_in(folder: Path) -> list[Path]:
+    try:
+        return list_pages(folder)
+    except BadInput:
+        raise BadInput(f"folder {folder} holds no page to add (pages are *.txt files whose name does not start "
+                       f"with '.')") from None
 
 
 def _restore(path: Path, text: str | None) -> None:

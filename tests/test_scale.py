@@ -57,6 +57,16 @@ def test_a_bad_page_among_many_fails_with_its_own_message(tmp_path):
         load_articles(tmp_path / "pages", pages=pages)
 
 
+def test_adding_a_folder_without_pages_says_so(tmp_path):
+    from rag.pipeline import add_pages
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.md").write_text("x", encoding="utf-8")
+    with pytest.raises(BadInput, match=r"^folder .*empty holds no page to add"):
+        add_pages([tmp_path / "empty"], tmp_path / "index", seeds=tmp_path / "seeds")
+    assert not (tmp_path / "index").exists()
+
+
 def _rag(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "rag", *args], capture_output=True, text=True, cwd=ROOT,
                           env=dict(os.environ, **(env or {})), timeout=900)
