@@ -77,7 +77,11 @@ def _cmd_index(args: argparse.Namespace) -> int:
         return 0
     if args.add:
         summary = pipeline.add_pages(args.add, args.index, seeds=args.seeds, settings=settings, wait=not args.no_wait)
-        print(f"added {', '.join(summary['added_pages'])}: {summary['new_chunks']} new chunks embedded, "
+        added = summary["added_pages"]
+        names = ", ".join(added) if len(added) <= 5 else f"{len(added)} pages ({', '.join(added[:3])}, …)"
+        if summary.get("reused_pages"):
+            print(f"resumed: {summary['reused_pages']} page(s) embedded by an interrupted run were reused", file=sys.stderr)
+        print(f"added {names}: {summary['new_chunks']} new chunks embedded, "
               f"{summary['reused_chunks']} kept; index now holds {summary['articles']} articles, "
               f"{summary['chunks']} chunks", file=sys.stderr)
         return 0
@@ -86,6 +90,8 @@ def _cmd_index(args: argparse.Namespace) -> int:
     if summary["status"] == "fresh":
         print(f"index at {args.index} is up to date", file=sys.stderr)
         return 0
+    if summary.get("reused_pages"):
+        print(f"resumed: {summary['reused_pages']} page(s) embedded by an interrupted run were reused", file=sys.stderr)
     print(f"indexed {summary['pages']} pages: {summary['articles']} articles, {summary['chunks']} chunks "
           f"in {summary['seconds']} s -> {summary['index']}", file=sys.stderr)
     return 0
@@ -369,8 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("index", help="build the index from the seed pages (or add pages to it)")
     common(p, seeds=True)
     what = p.add_mutually_exclusive_group()
-    what.add_argument("--add", nargs="+", metavar="FILE",
-                      help="add or replace these pages (*.txt, not hidden) without re-embedding the rest")
+    what.add_argument("--add", nargs="+", metavar="FILE|DIR",
+                      help="add or replace these pages (*.txt, not hidden; a folder: all its pages) without "
+                           "re-embedding the rest; a killed add resumes when run again")
     what.add_argument("--if-stale", action="store_true", help="build only if the index is missing, stale or damaged")
     what.add_argument("--verify", action="store_true", help="check every index file against its sha256; build nothing")
     p.add_argument("--no-wait", action="store_true",

@@ -113,21 +113,34 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def _faiss_index(vectors: np.ndarray, settings: Settings) -> tuple[object, str]:
+# The dense index by size, chosen from bench/bench_scale.py (2 cores, synthetic e5-like vectors): exact
+# IndexFlatIP up to ``Settings.exact_search_max`` chunks (recall 1; at 100k its p50 was already 16-80 ms),
+# above it HNSW over full vectors: recall@10 0.997 at 100k with efSearch 128 and p50 ~1 ms, where
+# IVF-Flat needed nprobe 32-64 for 0.993-0.998 and the 8-bit kinds (IVF-SQ8, HNSW-SQ8) stayed at
+# 0.97-0.98. HNSW keeps its vectors in a flat store, which a filtered search scans exactly (retrieve.py).
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 80
+HNSW_EF_SEARCH = 128
+_ADD_BATCH = 50_000
+
+
+def _faiss_index(vectors: np.ndarray, settings: Settings) -> tuple[object, str, dict]:
+    """The FAISS index for these vectors, its kind and its parameters (both recorded in the manifest)."""
     import faiss
 
     dim = vectors.shape[1]
     if len(vectors) > settings.exact_search_max:
-        index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = 80
-        index.hnsw.efSearch = 128
+        index = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        index.hnsw.efSearch = HNSW_EF_SEARCH
         kind = "hnsw-flat-ip"
+        params = {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION, "efSearch": HNSW_EF_SEARCH}
     else:
         index = faiss.IndexFlatIP(dim)
-        kind = "flat-ip"
-    if len(vectors):
-        index.add(np.ascontiguousarray(vectors, dtype=np.float32))
-    return index, kind
+        kind, params = "flat-ip", {}
+    for start in range(0, len(vectors), _ADD_BATCH):  # a batch at a time: no second copy of a large array
+        index.add(np.ascontiguousarray(vectors[start:start + _ADD_BATCH], dtype=np.float32))
+    return index, kind, {"chunks": int(len(vectors)), "exact_search_max": settings.exact_search_max, **params}
 
 
 def _bm25(chunks: list[Chunk]):
@@ -161,7 +174,7 @@ def write_index(out_dir: str | Path, *, articles: list[Article], chunks: list[Ch
     try:
         _write_jsonl(tmp / "articles.jsonl", articles)
         _write_jsonl(tmp / "chunks.jsonl", chunks)
-        dense, kind = _faiss_index(vectors, settings)
+        dense, kind, dense_params = _faiss_index(vectors, settings)
         faiss.write_index(dense, str(tmp / "dense.faiss"))
         _bm25(chunks).save(str(tmp / "bm25"))
         (tmp / "terms.txt").write_text("\n".join(sorted(set(terms))) + "\n", encoding="utf-8")
@@ -182,6 +195,7 @@ def write_index(out_dir: str | Path, *, articles: list[Article], chunks: list[Ch
             "model": {"name": model_name, "dimension": int(vectors.shape[1]) if vectors.ndim == 2 else 0,
                       **({"runtime": model_runtime} if model_runtime else {})},
             "dense_index": kind,
+            "dense_params": dense_params,
             "counts": {"pages": len(seeds), "articles": len(articles), "chunks": len(chunks)},
             "seeds": seeds,
             "page_meta": {"file": SIDECAR, "sha256": page_meta_sha256},

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from dataclasses import replace
 from typing import Callable
 
 from .answer import compose_answer
+from .checkpoint import Staging, embed_pages
 from .chunk import chunk_articles
 from .generate import explain_fallback
 from .config import INDEX_SETTINGS, Settings
@@ -34,8 +36,39 @@ __all__ = ["describe_collection", "load_articles", "build_index", "add_pages", "
 log = logging.getLogger("rag")
 
 
+# above this many pages, pages are parsed in a process pool (starting one costs about a second)
+PARALLEL_PAGES = 8
+
+
+def _parse_page(path: Path) -> tuple[str, str, list[Article]]:
+    page = read_page(path)
+    return page.name, page.text, segment_page(page.text, page.name)
+
+
+def _parsed_pages(paths: list[Path]):
+    """(name, text, articles) of each page, in input order; many pages are parsed in a process pool."""
+    if len(paths) <= PARALLEL_PAGES:
+        yield from map(_parse_page, paths)
+        return
+    from concurrent.futures import ProcessPoolExecutor
+
+    from tqdm import tqdm
+
+    workers = max(1, min(os.cpu_count() or 1, 8))
+    pool = ProcessPoolExecutor(workers)
+    try:
+        results = pool.map(_parse_page, paths, chunksize=max(1, min(32, len(paths) // (4 * workers))))
+        yield from tqdm(results, total=len(paths), desc="reading pages", unit="page", file=sys.stderr,
+                        mininterval=1.0, disable=not (sys.stderr.isatty() or len(paths) >= 200))
+    finally:  # on a bad page, the pages still queued are not parsed for nothing
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def load_articles(seeds: str | Path, *, pages: list[Path] | None = None) -> list[Article]:
     """Read every page of a seeds folder (or the given pages) and rebuild its articles.
+
+    More than ``PARALLEL_PAGES`` pages are parsed in a process pool; the articles come in page
+    order either way, and a bad page stops the read with its one-line message.
 
     >>> arts = load_articles("seeds")  # doctest: +SKIP
     >>> arts[0].title  # doctest: +SKIP
@@ -44,12 +77,10 @@ def load_articles(seeds: str | Path, *, pages: list[Path] | None = None) -> list
     paths = pages if pages is not None else list_pages(seeds)
     sidecar = read_sidecar(seeds)
     articles: list[Article] = []
-    for path in paths:
-        page = read_page(path)
-        found = segment_page(page.text, page.name)
+    for name, text, found in _parsed_pages(list(paths)):
         if not found:
-            raise BadInput(f"{page.name}: no article or caption could be read from this page")
-        meta = page_meta(page.name, page.text, sidecar).fields()
+            raise BadInput(f"{name}: no article or caption could be read from this page")
+        meta = page_meta(name, text, sidecar).fields()
         articles.extend(replace(a, **meta) for a in found)
     return articles
 
@@ -61,9 +92,14 @@ def _terms(articles: list[Article]) -> list[str]:
     return sorted(terms)
 
 
-def _sentences(articles: list[Article], encoder, old=None) -> tuple[list[dict], "np.ndarray"]:
-    """The sentence table of the articles (spans, places, years) and its passage vectors; the vectors
-    of an old index's unchanged articles are reused."""
+def _sentences(articles: list[Article], encoder, old=None, *, chunks=(), staging: Staging | None = None):
+    """The sentence table of the articles (spans, places, years), its passage vectors, and the vectors
+    of ``chunks``; the sentence vectors of an old index's unchanged articles are reused, the rest are
+    embedded page by page (checkpointed in ``staging``).
+
+    Returns:
+        (sentence records, sentence vectors (float16), chunk vectors (float32), pages reused from staging)
+    """
     import numpy as np
 
     from .score import describe_sentences
@@ -77,15 +113,28 @@ def _sentences(articles: list[Article], encoder, old=None) -> tuple[list[dict], 
             art = old.articles.get(rec["article_id"])
             if art is not None:
                 known[(rec["article_id"], art.text[rec["start"]:rec["end"]])] = vec
-    todo = [i for i, f in enumerate(facts) if (f["article_id"], texts[i]) not in known]
-    vectors = np.zeros((len(facts), encoder.dimension), dtype=np.float32)
-    if todo:
-        vectors[todo] = encoder.encode_passages([texts[i] for i in todo])
+    dim = encoder.dimension
+    sentence_vectors = np.zeros((len(facts), dim), dtype=np.float16)  # as stored: half the memory
+    chunk_vectors = np.zeros((len(chunks), dim), dtype=np.float32)
+    pages: dict[str, tuple[list[int], list[int]]] = {}  # page -> (its chunk rows, its sentence rows to embed)
+    for r, c in enumerate(chunks):
+        pages.setdefault(by_id[c.article_id].source, ([], []))[0].append(r)
     for i, f in enumerate(facts):
-        if (f["article_id"], texts[i]) in known:
-            vectors[i] = known[(f["article_id"], texts[i])]
-    return facts, vectors
+        vec = known.get((f["article_id"], texts[i]))
+        if vec is not None:
+            sentence_vectors[i] = vec
+        else:
+            pages.setdefault(by_id[f["article_id"]].source, ([], []))[1].append(i)
+    groups = list(pages.values())
 
+    def keep(n: int, vecs) -> None:
+        rows, sents = groups[n]
+        chunk_vectors[rows] = vecs[:len(rows)]
+        sentence_vectors[sents] = vecs[len(rows):]
+
+    reused = embed_pages([[chunks[r].embed_text for r in rows] + [texts[i] for i in sents] for rows, sents in groups],
+                         encoder, staging, keep)
+    return facts, sentence_vectors, chunk_vectors, reused
 
 
 def _check_page_limits(articles: list[Article], chunks) -> None:
@@ -131,14 +180,15 @@ def _build_index(seeds: str | Path, index_dir: str | Path, *, settings: Settings
     _check_page_limits(articles, chunks)
     encoder = get_encoder(settings)
     log.info("embedding %d chunks of %d articles with %s", len(chunks), len(articles), settings.model)
-    vectors = encoder.encode_passages([c.embed_text for c in chunks])
-    sentences, sentence_vectors = _sentences(articles, encoder)
+    staging = Staging(index_dir, f"{settings.model}|{encoder.runtime}")
+    sentences, sentence_vectors, vectors, reused = _sentences(articles, encoder, chunks=chunks, staging=staging)
     write_index(index_dir, articles=articles, chunks=chunks, vectors=vectors, settings=settings,
                 model_name=settings.model, seeds=seed_hashes(pages), terms=_terms(articles),
                 sentences=sentences, sentence_vectors=sentence_vectors, page_meta_sha256=sidecar_hash(seeds),
                 model_runtime=encoder.runtime)
+    staging.clear()
     _engines.clear()
-    return {"pages": len(pages), "articles": len(articles), "chunks": len(chunks),
+    return {"pages": len(pages), "articles": len(articles), "chunks": len(chunks), "reused_pages": reused,
             "seconds": round(time.perf_counter() - t0, 1), "index": str(index_dir)}
 
 
@@ -146,6 +196,9 @@ def add_pages(files: list[str | Path], index_dir: str | Path = "index", *, seeds
               settings: Settings | None = None, wait: bool = True, meta: dict[str, PageMeta] | None = None) -> dict:
     """Add (or replace) pages in an existing index, embedding only their chunks.
 
+    A folder among ``files`` stands for every page in it (``*.txt``, not hidden). Pages are embedded
+    in batches and checkpointed beside the index, so an add that is killed resumes where it stopped
+    when it is run again (``reused_pages`` in the summary).
     Each file is also copied into ``seeds`` (if it is not there already) so that the seeds folder
     and the index keep describing the same pages; so a file must be one the seeds scan reads
     (``*.txt``, not hidden). The index's writer lock is held from reading the old index to writing
@@ -153,6 +206,7 @@ def add_pages(files: list[str | Path], index_dir: str | Path = "index", *, seeds
     ``meta`` (page name -> PageMeta) is written into the seeds' ``pages.toml`` under the same lock,
     and put back as it was if the add fails.
     """
+    files = [p for f in files for p in (_pages_in(Path(f)) if Path(f).is_dir() else [f])]
     for f in files:
         why = page_name_problem(Path(f).name)
         if why:
@@ -173,6 +227,14 @@ def add_pages(files: list[str | Path], index_dir: str | Path = "index", *, seeds
             if meta:
                 _restore(sidecar, before)
             raise
+
+
+def _pages_in(folder: Path) -> list[Path]:
+    try:
+        return list_pages(folder)
+    except BadInput:
+        raise BadInput(f"folder {folder} holds no page to add (pages are *.txt files whose name does not start "
+                       f"with '.')") from None
 
 
 def _restore(path: Path, text: str | None) -> None:
@@ -218,7 +280,7 @@ def _remove_pages(names: list[str], index_dir: Path, seeds: Path) -> dict:
                 os.replace(seeds / name, aside)
                 moved.append((aside, seeds / name))
             set_sidecar_entry(seeds, name, None)
-        sentences, sentence_vectors = _sentences(articles, get_encoder(index.settings), old=index)
+        sentences, sentence_vectors, _, _ = _sentences(articles, get_encoder(index.settings), old=index)
         hashes = {k: v for k, v in index.manifest.get("seeds", {}).items() if k not in names}
         write_index(index_dir, articles=articles, chunks=[index.chunks[i] for i in rows],
                     vectors=index.vectors()[rows], settings=index.settings, model_name=index.model, seeds=hashes,
@@ -257,7 +319,10 @@ def _add_pages(files: list[str | Path], index_dir: str | Path, *, seeds: str | P
     new_chunks = chunk_articles(new_articles, settings)
     _check_page_limits(new_articles, new_chunks)
     encoder = get_encoder(settings)
-    new_vectors = encoder.encode_passages([c.embed_text for c in new_chunks])
+    articles = kept_articles + new_articles
+    staging = Staging(index_dir, f"{index.model}|{encoder.runtime}")
+    sentences, sentence_vectors, new_vectors, reused = _sentences(articles, encoder, old=index, chunks=new_chunks,
+                                                                   staging=staging)
     import numpy as np
 
     seeds_dir = Path(seeds)
@@ -270,15 +335,15 @@ def _add_pages(files: list[str | Path], index_dir: str | Path, *, seeds: str | P
             os.replace(part, target)
     hashes = dict(index.manifest.get("seeds", {}))
     hashes.update(seed_hashes([seeds_dir / p.name for p in paths]))
-    articles = kept_articles + new_articles
     chunks = [index.chunks[i] for i in rows] + new_chunks
-    sentences, sentence_vectors = _sentences(articles, encoder, old=index)
     write_index(index_dir, articles=articles, chunks=chunks, vectors=np.vstack([old_vectors, new_vectors]),
                 settings=settings, model_name=index.model, seeds=hashes, terms=_terms(articles),
                 sentences=sentences, sentence_vectors=sentence_vectors, page_meta_sha256=sidecar_hash(seeds_dir),
                 model_runtime=encoder.runtime)
+    staging.clear()
     _engines.clear()
     return {"added_pages": sorted(names), "new_chunks": len(new_chunks), "reused_chunks": len(rows),
+            "reused_pages": reused,
             "articles": len(articles), "chunks": len(chunks)}
 
 

@@ -48,11 +48,16 @@ def dense_ranking(index: Index, query_vector: np.ndarray, n: int,
     if index.dense.ntotal == 0 or (allowed is not None and not len(allowed)):
         return []
     extra = {}
+    searcher = index.dense
     if allowed is not None:  # FAISS skips the other rows inside the search, so the filter is exact
         import faiss
 
         extra["params"] = faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed))
-    scores, rows = index.dense.search(np.ascontiguousarray(query_vector.reshape(1, -1), dtype=np.float32),
+        # a graph search (HNSW) can miss allowed rows the graph walk never reaches: scan its flat store
+        storage = getattr(faiss.downcast_index(searcher), "storage", None)
+        if storage is not None:
+            searcher = faiss.downcast_index(storage)
+    scores, rows = searcher.search(np.ascontiguousarray(query_vector.reshape(1, -1), dtype=np.float32),
                                       min(n, index.dense.ntotal), **extra)
     return [(int(r), float(s)) for r, s in zip(rows[0], scores[0]) if r >= 0]
 
