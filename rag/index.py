@@ -1,4 +1,5 @@
-"""Build, save and load the index folder: manifest, articles, chunks, FAISS vectors, BM25, terms.
+"""Build, save and load the index folder: manifest, articles, chunks, sentences, terms and the store
+(``rag.store``: FAISS + bm25s files, or a Milvus collection) that holds the chunk vectors and BM25 text.
 
 Everything is plain files (JSON, JSON lines, FAISS's own format, bm25s's numpy arrays); a build is
 written into a temporary sibling folder and swapped into place (``storage``), so a crash, Ctrl-C or
@@ -19,6 +20,7 @@ import numpy as np
 from .config import Settings
 from .errors import BadInput, IndexFormat, IndexNotFound, IndexStale
 from .meta import SIDECAR
+from .store import Store, StoreSpec, build_store, open_store
 from .storage import file_checksums, make_temp_dir, read_lock, swap_into_place, verify_files
 from .types import Article, Chunk, article_from_dict, chunk_from_dict, to_dict
 from .zh import add_place_names, add_user_words, tokenize
@@ -35,15 +37,14 @@ _SHAPING = ("chunk_sentences", "chunk_overlap", "chunk_max_chars")
 
 @dataclass
 class Index:
-    """A loaded index: records plus the FAISS and BM25 search structures."""
+    """A loaded index: records plus the store that searches the chunks (``rag.store``)."""
 
     path: Path
     manifest: dict
     settings: Settings
     articles: dict[str, Article]
     chunks: list[Chunk]
-    dense: object  # faiss.Index
-    bm25: object  # bm25s.BM25
+    store: Store
     terms: list[str] = field(default_factory=list)
     # one record per article sentence ({"article_id", "start", "end", "places", "years"}) and its
     # passage vector, row i = record i: the answer scoring's semantic and place/year evidence
@@ -58,10 +59,42 @@ class Index:
     def dimension(self) -> int:
         return int(self.manifest["model"]["dimension"])
 
+    @property
+    def dense(self):
+        """The faiss store's FAISS index."""
+        return self.store.index
+
+    @property
+    def bm25(self):
+        """The faiss store's bm25s index."""
+        return self.store.bm25_index
+
     def vectors(self) -> np.ndarray:
-        """All chunk vectors, row i = chunk i (read back from FAISS)."""
-        n = self.dense.ntotal
-        return self.dense.reconstruct_n(0, n) if n else np.zeros((0, self.dimension), dtype=np.float32)
+        """All chunk vectors, row i = chunk i (read back from the store)."""
+        return self.store.vectors() if self.chunks else np.zeros((0, self.dimension), dtype=np.float32)
+
+    def store_spec(self) -> StoreSpec:
+        """The store this index was built into (to rebuild it into the same one)."""
+        return spec_of(self.path, self.manifest)
+
+
+def spec_of(path: Path, manifest: dict | None) -> StoreSpec:
+    """The StoreSpec of a manifest's store (faiss when it has none); a Lite path is inside ``path``."""
+    entry = (manifest or {}).get("store") or {}
+    if entry.get("kind") != "milvus":
+        return StoreSpec()
+    import os
+
+    uri = entry.get("uri") if entry.get("server") else str(Path(path) / entry.get("uri", "milvus.db"))
+    return StoreSpec("milvus", uri, os.environ.get("RAG_MILVUS_TOKEN"))
+
+
+def read_manifest(path: Path) -> dict | None:
+    """The manifest of an index folder, None if there is none or it cannot be read."""
+    try:
+        return json.loads((Path(path) / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def seed_hashes(pages: list[Path]) -> dict[str, str]:
@@ -89,32 +122,6 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def _faiss_index(vectors: np.ndarray, settings: Settings) -> tuple[object, str]:
-    import faiss
-
-    dim = vectors.shape[1]
-    if len(vectors) > settings.exact_search_max:
-        index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = 80
-        index.hnsw.efSearch = 128
-        kind = "hnsw-flat-ip"
-    else:
-        index = faiss.IndexFlatIP(dim)
-        kind = "flat-ip"
-    if len(vectors):
-        index.add(np.ascontiguousarray(vectors, dtype=np.float32))
-    return index, kind
-
-
-def _bm25(chunks: list[Chunk]):
-    import bm25s
-
-    retriever = bm25s.BM25(k1=1.2, b=0.75)
-    corpus = [tokenize(c.embed_text) or [""] for c in chunks]
-    retriever.index(corpus, show_progress=False)
-    return retriever
-
-
 def _write_jsonl(path: Path, records) -> None:
     with path.open("w", encoding="utf-8") as out:
         for r in records:
@@ -124,21 +131,25 @@ def _write_jsonl(path: Path, records) -> None:
 def write_index(out_dir: str | Path, *, articles: list[Article], chunks: list[Chunk], vectors: np.ndarray,
                 settings: Settings, model_name: str, seeds: dict[str, str], terms: list[str],
                 sentences: list[dict] | None = None, sentence_vectors: np.ndarray | None = None,
-                page_meta_sha256: str | None = None) -> Path:
-    """Write a complete index folder atomically (temporary sibling, then rename)."""
-    import faiss
+                page_meta_sha256: str | None = None, store: StoreSpec | None = None) -> Path:
+    """Write a complete index folder atomically (temporary sibling, then rename).
 
+    ``store`` says where the chunk vectors and BM25 text go (default: the store the index at
+    ``out_dir`` already uses, else faiss); the manifest records it.
+    """
     out_dir = Path(out_dir)
     if len(chunks) != len(vectors):
         raise ValueError(f"{len(chunks)} chunks but {len(vectors)} vectors")
     add_user_words(terms)
+    old_manifest = read_manifest(out_dir)
+    store = store or spec_of(out_dir, old_manifest)
     tmp = make_temp_dir(out_dir)
     try:
         _write_jsonl(tmp / "articles.jsonl", articles)
         _write_jsonl(tmp / "chunks.jsonl", chunks)
-        dense, kind = _faiss_index(vectors, settings)
-        faiss.write_index(dense, str(tmp / "dense.faiss"))
-        _bm25(chunks).save(str(tmp / "bm25"))
+        by_id = {a.article_id: a for a in articles}
+        store_entry = build_store(tmp, out_dir, store, chunks=chunks, tokens=[tokenize(c.embed_text) for c in chunks],
+                                  vectors=vectors, articles=by_id, exact_search_max=settings.exact_search_max)
         (tmp / "terms.txt").write_text("\n".join(sorted(set(terms))) + "\n", encoding="utf-8")
         sentences = sentences or []
         if sentence_vectors is None:
@@ -155,22 +166,38 @@ def write_index(out_dir: str | Path, *, articles: list[Article], chunks: list[Ch
             "versions": library_versions(),
             "settings": settings.to_dict(),
             "model": {"name": model_name, "dimension": int(vectors.shape[1]) if vectors.ndim == 2 else 0},
-            "dense_index": kind,
+            "dense_index": store_entry.get("dense_index"),
+            "store": store_entry,
             "counts": {"pages": len(seeds), "articles": len(articles), "chunks": len(chunks)},
             "seeds": seeds,
             "page_meta": {"file": SIDECAR, "sha256": page_meta_sha256},
             "sentences": {"count": len(sentences), "files": ["sentences.jsonl", "sentences.npy"]},
         }
         # last: every file written above, whatever it is, is listed and checked on load
-        manifest["files"] = file_checksums(tmp, skip=_UNCHECKED)
+        files = file_checksums(tmp, skip=_UNCHECKED)
+        if store_entry["kind"] == "milvus" and not store_entry["server"]:  # Milvus Lite writes as it opens
+            files = {k: v for k, v in files.items() if not k.startswith(store_entry["uri"] + "/")}
+        manifest["files"] = files
         (tmp / MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, indent=2), encoding="utf-8")
         for extra in ("README.md",):  # keep the folder's own note (it is tracked in git)
             if (out_dir / extra).is_file():
                 shutil.copy2(out_dir / extra, tmp / extra)
+        if store_entry["kind"] == "milvus":
+            from .milvus import release_index
+
+            release_index(out_dir, (old_manifest or {}).get("store"))  # this process's server of the old folder
         swap_into_place(tmp, out_dir)
     except BaseException:
+        if "store_entry" in locals() and store_entry.get("server"):
+            from .milvus import drop_replaced
+
+            drop_replaced(store_entry, {}, store.token)  # the new collection no index uses
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if store_entry["kind"] == "milvus":
+        from .milvus import drop_replaced
+
+        drop_replaced((old_manifest or {}).get("store"), store_entry, store.token)
     return out_dir
 
 
@@ -186,11 +213,13 @@ def _read_jsonl(path: Path, make) -> list:
     return out
 
 
-def load_index(path: str | Path, *, model: str | None = None, verify: bool = False) -> Index:
+def load_index(path: str | Path, *, model: str | None = None, verify: bool = False,
+               token: str | None = None) -> Index:
     """Load an index folder and check it is whole and of this format (and, if given, this model).
 
     Every file the manifest lists is checked against its recorded size and sha256 (files above
-    ``storage.FULL_CHECK_BYTES`` by a head/tail sample, unless ``verify``: then in full).
+    ``storage.FULL_CHECK_BYTES`` by a head/tail sample, unless ``verify``: then in full). A milvus
+    store is connected to with ``token`` (default: $RAG_MILVUS_TOKEN).
 
     Raises:
         IndexNotFound: no folder or no manifest.
@@ -198,13 +227,10 @@ def load_index(path: str | Path, *, model: str | None = None, verify: bool = Fal
     """
     path = Path(path)
     with read_lock(path):
-        return _load_index(path, model=model, verify=verify)
+        return _load_index(path, model=model, verify=verify, token=token)
 
 
-def _load_index(path: Path, *, model: str | None, verify: bool) -> Index:
-    import bm25s
-    import faiss
-
+def _load_index(path: Path, *, model: str | None, verify: bool, token: str | None = None) -> Index:
     manifest_path = path / MANIFEST
     if not path.is_dir() or not manifest_path.is_file():
         raise IndexNotFound(f"no index at {path} (missing {MANIFEST}); build it with `rag index --index {path}`")
@@ -227,8 +253,6 @@ def _load_index(path: Path, *, model: str | None, verify: bool) -> Index:
     try:
         articles = _read_jsonl(path / "articles.jsonl", article_from_dict)
         chunks = _read_jsonl(path / "chunks.jsonl", chunk_from_dict)
-        dense = faiss.read_index(str(path / "dense.faiss"))
-        bm25 = bm25s.BM25.load(str(path / "bm25"), load_corpus=False)
         terms_file = path / "terms.txt"
         terms = terms_file.read_text(encoding="utf-8").split() if terms_file.exists() else []
         if "sentences" not in manifest:
@@ -238,10 +262,6 @@ def _load_index(path: Path, *, model: str | None, verify: bool) -> Index:
     except (OSError, RuntimeError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise IndexFormat(f"index at {path} is damaged ({first}); rebuild it with `rag index`") from None
-    n = len(chunks)
-    if dense.ntotal != n or bm25.scores.get("num_docs") != n or dense.d != dim:
-        raise IndexFormat(f"index at {path} is inconsistent ({n} chunks, {dense.ntotal} vectors of dimension "
-                          f"{dense.d}, {bm25.scores.get('num_docs')} BM25 documents); rebuild it with `rag index`")
     by_id = {a.article_id: a for a in articles}
     if len(sentences) != len(sentence_vectors) or (len(sentences) and sentence_vectors.shape[1] != dim):
         raise IndexFormat(f"index at {path} has {len(sentences)} sentences but {len(sentence_vectors)} sentence "
@@ -250,7 +270,9 @@ def _load_index(path: Path, *, model: str | None, verify: bool) -> Index:
         raise IndexFormat(f"index at {path} has chunks of unknown articles; rebuild it with `rag index`")
     add_user_words(terms)
     add_place_names({p for rec in sentences for p in rec.get("places", ())})  # as tagged when it was built
-    return Index(path, manifest, settings, by_id, chunks, dense, bm25, terms, sentences, sentence_vectors)
+    store = open_store(path, manifest.get("store") or {"kind": "faiss"}, dimension=dim, count=len(chunks),
+                       token=token, articles=by_id)
+    return Index(path, manifest, settings, by_id, chunks, store, terms, sentences, sentence_vectors)
 
 
 def stale_pages(index_manifest: dict, pages: list[Path]) -> list[str]:

@@ -405,14 +405,11 @@ def _corpus_text(index) -> str:
 
 def term_idf(index) -> dict[str, float]:
     """BM25-style IDF of every indexed token (from the BM25 index's document frequencies)."""
-    key = id(index.bm25)
+    key = id(index.store)
     if key not in _idf:
-        indptr = np.asarray(index.bm25.scores["indptr"])
-        df = np.diff(indptr)
         n = max(1, len(index.chunks))
-        idf = np.log(1 + (n - df + 0.5) / (df + 0.5))
         _idf.clear()
-        _idf[key] = {t: float(idf[i]) for t, i in index.bm25.vocab_dict.items() if i < len(idf)}
+        _idf[key] = {t: float(np.log(1 + (n - df + 0.5) / (df + 0.5))) for t, df in index.store.doc_freqs().items()}
     return _idf[key]
 
 
