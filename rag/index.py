@@ -182,10 +182,10 @@ def write_index(out_dir: str | Path, *, articles: list[Article], chunks: list[Ch
         for extra in ("README.md",):  # keep the folder's own note (it is tracked in git)
             if (out_dir / extra).is_file():
                 shutil.copy2(out_dir / extra, tmp / extra)
-        if store_entry["kind"] == "milvus":
+        if ((old_manifest or {}).get("store") or {}).get("kind") == "milvus":
             from .milvus import release_index
 
-            release_index(out_dir, (old_manifest or {}).get("store"))  # this process's server of the old folder
+            release_index(out_dir, old_manifest["store"])  # this process's Lite server of the old folder
         swap_into_place(tmp, out_dir)
     except BaseException:
         if "store_entry" in locals() and store_entry.get("server"):
@@ -194,7 +194,7 @@ def write_index(out_dir: str | Path, *, articles: list[Article], chunks: list[Ch
             drop_replaced(store_entry, {}, store.token)  # the new collection no index uses
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if store_entry["kind"] == "milvus":
+    if ((old_manifest or {}).get("store") or {}).get("kind") == "milvus":
         from .milvus import drop_replaced
 
         drop_replaced((old_manifest or {}).get("store"), store_entry, store.token)

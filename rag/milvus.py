@@ -23,7 +23,7 @@ import numpy as np
 from .errors import BadInput, IndexFormat
 from .store import StoreSpec, Where, fuse_ranks
 
-__all__ = ["build_milvus", "open_milvus", "MilvusStore", "is_server", "drop_replaced"]
+__all__ = ["build_milvus", "open_milvus", "check_milvus", "MilvusStore", "is_server", "drop_replaced"]
 
 log = logging.getLogger("rag")
 
@@ -71,12 +71,43 @@ def _connect(uri: str, token: str | None, *, lite_path: Path | None = None):
         return pymilvus.MilvusClient(uri=uri, token=token or "", timeout=10)
     except Exception as exc:  # pymilvus raises MilvusException, ConnectionError or its own wrappers
         if lite_path is not None:
-            lock = lite_path / "LOCK"
+            held = " and another one has it open (a `rag serve`?)" if _lite_held(lite_path) else ""
             raise BadInput(f"cannot open the Milvus Lite database {lite_path}: Milvus Lite lets one process open "
-                           f"it{' and another one has it open (a `rag serve`?)' if lock.exists() else ''}; "
-                           f"stop that process or use a Milvus server ({_first_line(exc)})") from None
+                           f"it{held}; stop that process or use a Milvus server ({_first_line(exc)})") from None
         raise BadInput(f"cannot reach the Milvus server at {uri} ({_first_line(exc)}); is it running? "
-                       f"(see docker-compose.milvus.yml)") from None
+                       f"(see deploy/milvus/docker-compose.yml)") from None
+
+
+def _lite_held(path: Path) -> bool:
+    """Whether another process holds the Lite folder's lock."""
+    import fcntl
+    import os
+
+    try:
+        fd = os.open(path / "LOCK", os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def check_milvus(spec: StoreSpec, index_dir: Path) -> None:
+    """Refuse, before any work, a Lite path outside the index or a server that cannot be reached."""
+    _pymilvus()
+    if spec.uri and is_server(spec.uri):
+        _connect(spec.uri, spec.token).close()
+    else:
+        _lite_path(index_dir, spec.uri)
+        try:
+            import milvus_lite  # noqa: F401
+        except ImportError:
+            raise BadInput(f"a Milvus Lite store needs milvus-lite, which is not installed: {_INSTALL}") from None
 
 
 def _release_lite(path: Path) -> None:

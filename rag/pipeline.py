@@ -26,7 +26,7 @@ from .score import ScoringParams
 from .retrieve import search as _search
 from .segment import segment_page
 from .storage import writer_lock
-from .store import StoreSpec
+from .store import StoreSpec, check_store
 from .types import Answer, Article, Hit, to_dict
 from .zh import extract_terms
 
@@ -141,6 +141,8 @@ def _build_index(seeds: str | Path, index_dir: str | Path, *, settings: Settings
     from .embed import get_encoder
 
     settings = settings or Settings()
+    if store is not None:
+        check_store(store, Path(index_dir))
     t0 = time.perf_counter()
     pages = list_pages(seeds)
     articles = load_articles(seeds, pages=pages)

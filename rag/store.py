@@ -20,7 +20,7 @@ import numpy as np
 
 from .errors import BadInput
 
-__all__ = ["STORES", "StoreSpec", "Where", "Store", "FaissStore", "fuse_ranks", "build_store", "open_store"]
+__all__ = ["STORES", "StoreSpec", "Where", "Store", "FaissStore", "fuse_ranks", "check_store", "build_store", "open_store"]
 
 STORES = ("faiss", "milvus")
 
@@ -186,6 +186,15 @@ def build_store(folder: Path, index_dir: Path, spec: StoreSpec, *, chunks: list,
     retriever.index([t or [""] for t in tokens], show_progress=False)
     retriever.save(str(folder / "bm25"))
     return {"kind": "faiss", "dense_index": kind}
+
+
+def check_store(spec: StoreSpec, index_dir: Path) -> None:
+    """Refuse a store that cannot be built (no pymilvus, a server not answering, a Lite path outside the
+    index) before the pages are read and embedded."""
+    if spec.kind == "milvus":
+        from .milvus import check_milvus
+
+        check_milvus(spec, Path(index_dir))
 
 
 def open_store(path: Path, entry: dict, *, dimension: int, count: int, token: str | None = None,
