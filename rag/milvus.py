@@ -43,6 +43,15 @@ def is_server(uri: str) -> bool:
 
 
 def _pymilvus():
+    import os
+
+    # gRPC's C core writes connection notes (keepalive GOAWAYs from Lite's server) to stderr; the
+    # client raises what matters
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+    # pymilvus and Lite log each failure with its traceback; rag raises it as one line (BadInput)
+    for name in ("pymilvus", "milvus_lite", "grpc._server"):
+        if logging.getLogger(name).level == logging.NOTSET:
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
         import pymilvus
     except ImportError:
@@ -59,9 +68,6 @@ def _connect(uri: str, token: str | None, *, lite_path: Path | None = None):
     """A MilvusClient, or BadInput saying in one line why there is none."""
     pymilvus = _pymilvus()
     if lite_path is not None:
-        # Lite's in-process gRPC server logs a traceback for each call it does not implement (pymilvus
-        # probes a few); the client gets the error anyway
-        logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
         try:
             import milvus_lite  # noqa: F401
         except ImportError:
