@@ -263,15 +263,18 @@ def _load_index(path: Path, *, model: str | None, verify: bool, token: str | Non
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise IndexFormat(f"index at {path} is damaged ({first}); rebuild it with `rag index`") from None
     by_id = {a.article_id: a for a in articles}
+    # first: its chunk count and vector dimension are the first consistency checks
+    store = open_store(path, manifest.get("store") or {"kind": "faiss"}, dimension=dim, count=len(chunks),
+                       token=token, articles=by_id)
     if len(sentences) != len(sentence_vectors) or (len(sentences) and sentence_vectors.shape[1] != dim):
+        store.close()
         raise IndexFormat(f"index at {path} has {len(sentences)} sentences but {len(sentence_vectors)} sentence "
                           f"vectors; rebuild it with `rag index`")
     if any(c.article_id not in by_id for c in chunks):
+        store.close()
         raise IndexFormat(f"index at {path} has chunks of unknown articles; rebuild it with `rag index`")
     add_user_words(terms)
     add_place_names({p for rec in sentences for p in rec.get("places", ())})  # as tagged when it was built
-    store = open_store(path, manifest.get("store") or {"kind": "faiss"}, dimension=dim, count=len(chunks),
-                       token=token, articles=by_id)
     return Index(path, manifest, settings, by_id, chunks, store, terms, sentences, sentence_vectors)
 
 
