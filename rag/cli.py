@@ -66,10 +66,28 @@ def _cmd_articles(args: argparse.Namespace) -> int:
     return 0
 
 
+def _store_spec(args: argparse.Namespace):
+    """The store asked for with --store/--milvus-uri/--milvus-token (None: the index's own)."""
+    import os
+
+    from .store import StoreSpec
+
+    if args.milvus_token:  # also what an --add or a later rebuild connects with, in this process
+        os.environ["RAG_MILVUS_TOKEN"] = args.milvus_token
+    if args.store is None and args.milvus_uri:
+        args.store = "milvus"
+    if args.store is None:
+        return None
+    if (args.add or args.verify) and args.store:
+        raise BadInput("--store applies to a full build; --add and --verify use the index's own store")
+    return StoreSpec(args.store, args.milvus_uri, args.milvus_token)
+
+
 def _cmd_index(args: argparse.Namespace) -> int:
     from . import pipeline
 
     settings = _settings(args)
+    store = _store_spec(args)
     if args.verify:
         summary = pipeline.verify_index(args.index)
         print(f"index at {args.index} is whole: {summary['files']} files match their sha256; "
@@ -86,7 +104,7 @@ def _cmd_index(args: argparse.Namespace) -> int:
               f"{summary['chunks']} chunks", file=sys.stderr)
         return 0
     summary = pipeline.build_index(args.seeds, args.index, settings=settings, if_stale=args.if_stale,
-                                   wait=not args.no_wait)
+                                   wait=not args.no_wait, store=store)
     if summary["status"] == "fresh":
         print(f"index at {args.index} is up to date", file=sys.stderr)
         return 0
@@ -382,6 +400,12 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--verify", action="store_true", help="check every index file against its sha256; build nothing")
     p.add_argument("--no-wait", action="store_true",
                    help="fail at once if another process is writing the index (default: wait for it)")
+    p.add_argument("--store", choices=["faiss", "milvus"], default=None,
+                   help="where chunk vectors and BM25 text live (default: the index's store, else faiss)")
+    p.add_argument("--milvus-uri", default=None, metavar="URI",
+                   help="Milvus Lite path inside the index (default INDEX/milvus.db) or a server, http://host:19530")
+    p.add_argument("--milvus-token", default=None, metavar="TOKEN",
+                   help="Milvus server credentials, user:password or API key (else $RAG_MILVUS_TOKEN)")
     p.set_defaults(func=_cmd_index)
 
     retr = dict(choices=[r.value for r in Retriever], default=None, help="retriever (default: hybrid)")

@@ -1,4 +1,5 @@
-"""Build, save and load the index folder: manifest, articles, chunks, FAISS vectors, BM25, terms.
+"""Build, save and load the index folder: manifest, articles, chunks, sentences, terms and the store
+(``rag.store``: FAISS + bm25s files, or a Milvus collection) that holds the chunk vectors and BM25 text.
 
 Everything is plain files (JSON, JSON lines, FAISS's own format, bm25s's numpy arrays); a build is
 written into a temporary sibling folder and swapped into place (``storage``), so a crash, Ctrl-C or
@@ -20,6 +21,7 @@ import numpy as np
 from .config import Settings
 from .errors import BadInput, IndexFormat, IndexNotFound, IndexStale
 from .meta import SIDECAR
+from .store import Store, StoreSpec, build_store, open_store
 from .storage import file_checksums, make_temp_dir, read_lock, swap_into_place, verify_files
 from .types import Article, Chunk, article_from_dict, chunk_from_dict, to_dict
 from .zh import add_place_names, add_user_words, fold_width, tokenize
@@ -38,16 +40,15 @@ _UNCHECKED = (MANIFEST, "README.md")
 
 @dataclass(eq=False)
 class Index:
-    """A loaded index: records plus the FAISS and BM25 search structures, and what is derived from
-    them once (its own state: nothing about an index is kept in a module-level cache)."""
+    """A loaded index: records plus the store that searches the chunks (``rag.store``), and what is
+    derived from them once (its own state: nothing about an index is kept in a module-level cache)."""
 
     path: Path
     manifest: dict
     settings: Settings
     articles: dict[str, Article]
     chunks: list[Chunk]
-    dense: object  # faiss.Index
-    bm25: object  # bm25s.BM25
+    store: Store
     # one record per article sentence ({"article_id", "start", "end", "places", "years"}) and its
     # passage vector, row i = record i: the answer scoring's semantic and place/year evidence
     sentences: list[dict] = field(default_factory=list)
@@ -64,10 +65,8 @@ class Index:
     @cached_property
     def term_idf(self) -> dict[str, float]:
         """BM25-style IDF of every indexed token (from the BM25 index's document frequencies)."""
-        df = np.diff(np.asarray(self.bm25.scores["indptr"]))
         n = max(1, len(self.chunks))
-        idf = np.log(1 + (n - df + 0.5) / (df + 0.5))
-        return {t: float(idf[i]) for t, i in self.bm25.vocab_dict.items() if i < len(idf)}
+        return {t: float(np.log(1 + (n - df + 0.5) / (df + 0.5))) for t, df in self.store.doc_freqs().items()}
 
     @property
     def model(self) -> str:
@@ -82,10 +81,42 @@ class Index:
     def dimension(self) -> int:
         return int(self.manifest["model"]["dimension"])
 
+    @property
+    def dense(self):
+        """The faiss store's FAISS index."""
+        return self.store.index
+
+    @property
+    def bm25(self):
+        """The faiss store's bm25s index."""
+        return self.store.bm25_index
+
     def vectors(self) -> np.ndarray:
-        """All chunk vectors, row i = chunk i (read back from FAISS)."""
-        n = self.dense.ntotal
-        return self.dense.reconstruct_n(0, n) if n else np.zeros((0, self.dimension), dtype=np.float32)
+        """All chunk vectors, row i = chunk i (read back from the store)."""
+        return self.store.vectors() if self.chunks else np.zeros((0, self.dimension), dtype=np.float32)
+
+    def store_spec(self) -> StoreSpec:
+        """The store this index was built into (to rebuild it into the same one)."""
+        return spec_of(self.path, self.manifest)
+
+
+def spec_of(path: Path, manifest: dict | None) -> StoreSpec:
+    """The StoreSpec of a manifest's store (faiss when it has none); a Lite path is inside ``path``."""
+    entry = (manifest or {}).get("store") or {}
+    if entry.get("kind") != "milvus":
+        return StoreSpec()
+    import os
+
+    uri = entry.get("uri") if entry.get("server") else str(Path(path) / entry.get("uri", "milvus.db"))
+    return StoreSpec("milvus", uri, os.environ.get("RAG_MILVUS_TOKEN"))
+
+
+def read_manifest(path: Path) -> dict | None:
+    """The manifest of an index folder, None if there is none or it cannot be read."""
+    try:
+        return json.loads((Path(path) / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def seed_hashes(pages: list[Path]) -> dict[str, str]:
@@ -113,45 +144,6 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-# The dense index by size, chosen from bench/bench_scale.py (2 cores, synthetic e5-like vectors): exact
-# IndexFlatIP up to ``Settings.exact_search_max`` chunks (recall 1; at 100k its p50 was already 16-80 ms),
-# above it HNSW over full vectors: recall@10 0.997 at 100k with efSearch 128 and p50 ~1 ms, where
-# IVF-Flat needed nprobe 32-64 for 0.993-0.998 and the 8-bit kinds (IVF-SQ8, HNSW-SQ8) stayed at
-# 0.97-0.98. HNSW keeps its vectors in a flat store, which a filtered search scans exactly (retrieve.py).
-HNSW_M = 32
-HNSW_EF_CONSTRUCTION = 80
-HNSW_EF_SEARCH = 128
-_ADD_BATCH = 50_000
-
-
-def _faiss_index(vectors: np.ndarray, settings: Settings) -> tuple[object, str, dict]:
-    """The FAISS index for these vectors, its kind and its parameters (both recorded in the manifest)."""
-    import faiss
-
-    dim = vectors.shape[1]
-    if len(vectors) > settings.exact_search_max:
-        index = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-        index.hnsw.efSearch = HNSW_EF_SEARCH
-        kind = "hnsw-flat-ip"
-        params = {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION, "efSearch": HNSW_EF_SEARCH}
-    else:
-        index = faiss.IndexFlatIP(dim)
-        kind, params = "flat-ip", {}
-    for start in range(0, len(vectors), _ADD_BATCH):  # a batch at a time: no second copy of a large array
-        index.add(np.ascontiguousarray(vectors[start:start + _ADD_BATCH], dtype=np.float32))
-    return index, kind, {"chunks": int(len(vectors)), "exact_search_max": settings.exact_search_max, **params}
-
-
-def _bm25(chunks: list[Chunk]):
-    import bm25s
-
-    retriever = bm25s.BM25(k1=1.2, b=0.75)
-    corpus = [tokenize(c.embed_text) or [""] for c in chunks]
-    retriever.index(corpus, show_progress=False)
-    return retriever
-
-
 def _write_jsonl(path: Path, records) -> None:
     with path.open("w", encoding="utf-8") as out:
         for r in records:
@@ -161,22 +153,27 @@ def _write_jsonl(path: Path, records) -> None:
 def write_index(out_dir: str | Path, *, articles: list[Article], chunks: list[Chunk], vectors: np.ndarray,
                 settings: Settings, model_name: str, seeds: dict[str, str], terms: list[str],
                 sentences: list[dict] | None = None, sentence_vectors: np.ndarray | None = None,
-                page_meta_sha256: str | None = None, model_runtime: str | None = None) -> Path:
+                page_meta_sha256: str | None = None, model_runtime: str | None = None,
+                store: StoreSpec | None = None) -> Path:
     """Write a complete index folder atomically (temporary sibling, then rename). ``model_runtime``
-    (rag.embed.encoder_runtime) records which encoder variant made the vectors."""
-    import faiss
+    (rag.embed.encoder_runtime) records which encoder variant made the vectors.
 
+    ``store`` says where the chunk vectors and BM25 text go (default: the store the index at
+    ``out_dir`` already uses, else faiss); the manifest records it.
+    """
     out_dir = Path(out_dir)
     if len(chunks) != len(vectors):
         raise ValueError(f"{len(chunks)} chunks but {len(vectors)} vectors")
     add_user_words(terms)
+    old_manifest = read_manifest(out_dir)
+    store = store or spec_of(out_dir, old_manifest)
     tmp = make_temp_dir(out_dir)
     try:
         _write_jsonl(tmp / "articles.jsonl", articles)
         _write_jsonl(tmp / "chunks.jsonl", chunks)
-        dense, kind, dense_params = _faiss_index(vectors, settings)
-        faiss.write_index(dense, str(tmp / "dense.faiss"))
-        _bm25(chunks).save(str(tmp / "bm25"))
+        by_id = {a.article_id: a for a in articles}
+        store_entry = build_store(tmp, out_dir, store, chunks=chunks, tokens=[tokenize(c.embed_text) for c in chunks],
+                                  vectors=vectors, articles=by_id, exact_search_max=settings.exact_search_max)
         (tmp / "terms.txt").write_text("\n".join(sorted(set(terms))) + "\n", encoding="utf-8")
         sentences = sentences or []
         if sentence_vectors is None:
@@ -194,23 +191,39 @@ def write_index(out_dir: str | Path, *, articles: list[Article], chunks: list[Ch
             "settings": settings.to_dict(),
             "model": {"name": model_name, "dimension": int(vectors.shape[1]) if vectors.ndim == 2 else 0,
                       **({"runtime": model_runtime} if model_runtime else {})},
-            "dense_index": kind,
-            "dense_params": dense_params,
+            "dense_index": store_entry.get("dense_index"),
+            "dense_params": store_entry.get("dense_params"),
+            "store": store_entry,
             "counts": {"pages": len(seeds), "articles": len(articles), "chunks": len(chunks)},
             "seeds": seeds,
             "page_meta": {"file": SIDECAR, "sha256": page_meta_sha256},
             "sentences": {"count": len(sentences), "files": ["sentences.jsonl", "sentences.npy"]},
         }
         # last: every file written above, whatever it is, is listed and checked on load
-        manifest["files"] = file_checksums(tmp, skip=_UNCHECKED)
+        files = file_checksums(tmp, skip=_UNCHECKED)
+        if store_entry["kind"] == "milvus" and not store_entry["server"]:  # Milvus Lite writes as it opens
+            files = {k: v for k, v in files.items() if not k.startswith(store_entry["uri"] + "/")}
+        manifest["files"] = files
         (tmp / MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, indent=2), encoding="utf-8")
         for extra in ("README.md",):  # keep the folder's own note (it is tracked in git)
             if (out_dir / extra).is_file():
                 shutil.copy2(out_dir / extra, tmp / extra)
+        if ((old_manifest or {}).get("store") or {}).get("kind") == "milvus":
+            from .milvus import release_index
+
+            release_index(out_dir, old_manifest["store"])  # this process's Lite server of the old folder
         swap_into_place(tmp, out_dir)
     except BaseException:
+        if "store_entry" in locals() and store_entry.get("server"):
+            from .milvus import drop_replaced
+
+            drop_replaced(store_entry, {}, store.token)  # the new collection no index uses
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if ((old_manifest or {}).get("store") or {}).get("kind") == "milvus":
+        from .milvus import drop_replaced
+
+        drop_replaced((old_manifest or {}).get("store"), store_entry, store.token)
     return out_dir
 
 
@@ -226,11 +239,13 @@ def _read_jsonl(path: Path, make) -> list:
     return out
 
 
-def load_index(path: str | Path, *, model: str | None = None, verify: bool = False) -> Index:
+def load_index(path: str | Path, *, model: str | None = None, verify: bool = False,
+               token: str | None = None) -> Index:
     """Load an index folder and check it is whole and of this format (and, if given, this model).
 
     Every file the manifest lists is checked against its recorded size and sha256 (files above
-    ``storage.FULL_CHECK_BYTES`` by a head/tail sample, unless ``verify``: then in full).
+    ``storage.FULL_CHECK_BYTES`` by a head/tail sample, unless ``verify``: then in full). A milvus
+    store is connected to with ``token`` (default: $RAG_MILVUS_TOKEN).
 
     Raises:
         IndexNotFound: no folder or no manifest.
@@ -238,13 +253,10 @@ def load_index(path: str | Path, *, model: str | None = None, verify: bool = Fal
     """
     path = Path(path)
     with read_lock(path):
-        return _load_index(path, model=model, verify=verify)
+        return _load_index(path, model=model, verify=verify, token=token)
 
 
-def _load_index(path: Path, *, model: str | None, verify: bool) -> Index:
-    import bm25s
-    import faiss
-
+def _load_index(path: Path, *, model: str | None, verify: bool, token: str | None = None) -> Index:
     manifest_path = path / MANIFEST
     if not path.is_dir() or not manifest_path.is_file():
         raise IndexNotFound(f"no index at {path} (missing {MANIFEST}); build it with `rag index --index {path}`")
@@ -271,8 +283,6 @@ def _load_index(path: Path, *, model: str | None, verify: bool) -> Index:
     try:
         articles = _read_jsonl(path / "articles.jsonl", article_from_dict)
         chunks = _read_jsonl(path / "chunks.jsonl", chunk_from_dict)
-        dense = faiss.read_index(str(path / "dense.faiss"))
-        bm25 = bm25s.BM25.load(str(path / "bm25"), load_corpus=False)
         terms_file = path / "terms.txt"
         terms = terms_file.read_text(encoding="utf-8").split() if terms_file.exists() else []
         if "sentences" not in manifest:
@@ -282,19 +292,20 @@ def _load_index(path: Path, *, model: str | None, verify: bool) -> Index:
     except (OSError, RuntimeError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise IndexFormat(f"index at {path} is damaged ({first}); rebuild it with `rag index`") from None
-    n = len(chunks)
-    if dense.ntotal != n or bm25.scores.get("num_docs") != n or dense.d != dim:
-        raise IndexFormat(f"index at {path} is inconsistent ({n} chunks, {dense.ntotal} vectors of dimension "
-                          f"{dense.d}, {bm25.scores.get('num_docs')} BM25 documents); rebuild it with `rag index`")
     by_id = {a.article_id: a for a in articles}
+    # first: its chunk count and vector dimension are the first consistency checks
+    store = open_store(path, manifest.get("store") or {"kind": "faiss"}, dimension=dim, count=len(chunks),
+                       token=token, articles=by_id)
     if len(sentences) != len(sentence_vectors) or (len(sentences) and sentence_vectors.shape[1] != dim):
+        store.close()
         raise IndexFormat(f"index at {path} has {len(sentences)} sentences but {len(sentence_vectors)} sentence "
                           f"vectors; rebuild it with `rag index`")
     if any(c.article_id not in by_id for c in chunks):
+        store.close()
         raise IndexFormat(f"index at {path} has chunks of unknown articles; rebuild it with `rag index`")
     add_user_words(terms)
     add_place_names({p for rec in sentences for p in rec.get("places", ())})  # as tagged when it was built
-    return Index(path, manifest, settings, by_id, chunks, dense, bm25, sentences, sentence_vectors)
+    return Index(path, manifest, settings, by_id, chunks, store, sentences, sentence_vectors)
 
 
 def stale_pages(index_manifest: dict, pages: list[Path]) -> list[str]:

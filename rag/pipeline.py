@@ -28,6 +28,7 @@ from .score import ScoringParams
 from .retrieve import search as _search
 from .segment import segment_page
 from .storage import writer_lock
+from .store import StoreSpec, check_store
 from .types import Answer, AnswerMode, Article, Hit, Retriever, to_dict
 from .zh import extract_terms
 
@@ -150,11 +151,13 @@ def _check_page_limits(articles: list[Article], chunks) -> None:
 
 
 def build_index(seeds: str | Path = "seeds", index_dir: str | Path = "index", *,
-                settings: Settings | None = None, if_stale: bool = False, wait: bool = True) -> dict:
+                settings: Settings | None = None, if_stale: bool = False, wait: bool = True,
+                store: StoreSpec | None = None) -> dict:
     """Build the index of every page in ``seeds`` into ``index_dir`` (atomically); return a summary.
 
     Holds the index's writer lock throughout: another writer is waited for (``wait``) or refused.
     With ``if_stale``, an index that is already fresh is left alone (summary ``status`` "fresh").
+    ``store`` (faiss or milvus, ``rag.store``) defaults to the store the index already uses, else faiss.
 
     >>> build_index("seeds", "index")  # doctest: +SKIP
     {'status': 'built', 'pages': 5, 'articles': 29, 'chunks': 168, ...}
@@ -163,16 +166,32 @@ def build_index(seeds: str | Path = "seeds", index_dir: str | Path = "index", *,
     with writer_lock(index_dir, wait=wait):
         if if_stale:
             status = index_status(seeds, index_dir, settings)
+            if store is not None and status == "fresh" and _store_changed(index_dir, store):
+                status = "in another store"
             if status == "fresh":
                 return {"status": "fresh", "index": str(index_dir)}
             log.info("index at %s is %s; building it", index_dir, status)
-        return {"status": "built", **_build_index(seeds, index_dir, settings=settings)}
+        return {"status": "built", **_build_index(seeds, index_dir, settings=settings, store=store)}
 
 
-def _build_index(seeds: str | Path, index_dir: str | Path, *, settings: Settings | None = None) -> dict:
+def _store_changed(index_dir: str | Path, store: StoreSpec) -> bool:
+    from .index import read_manifest, spec_of
+
+    now = spec_of(Path(index_dir), read_manifest(Path(index_dir)))
+    if store.kind != now.kind:
+        return True
+    return store.kind == "milvus" and bool(store.uri) and \
+        (store.uri if "://" in store.uri else str(Path(store.uri).resolve())) != \
+        (now.uri if "://" in (now.uri or "") else str(Path(now.uri).resolve()))
+
+
+def _build_index(seeds: str | Path, index_dir: str | Path, *, settings: Settings | None = None,
+                 store: StoreSpec | None = None) -> dict:
     from .embed import get_encoder
 
     settings = settings or Settings()
+    if store is not None:
+        check_store(store, Path(index_dir))
     t0 = time.perf_counter()
     pages = list_pages(seeds)
     articles = load_articles(seeds, pages=pages)
@@ -185,7 +204,7 @@ def _build_index(seeds: str | Path, index_dir: str | Path, *, settings: Settings
     write_index(index_dir, articles=articles, chunks=chunks, vectors=vectors, settings=settings,
                 model_name=settings.model, seeds=seed_hashes(pages), terms=_terms(articles),
                 sentences=sentences, sentence_vectors=sentence_vectors, page_meta_sha256=sidecar_hash(seeds),
-                model_runtime=encoder.runtime)
+                model_runtime=encoder.runtime, store=store)
     staging.clear()
     _engines.clear()
     return {"pages": len(pages), "articles": len(articles), "chunks": len(chunks), "reused_pages": reused,
@@ -434,7 +453,8 @@ class Engine:
         if vector is None and (mode is not Retriever.BM25 or self.settings.rerank):
             vector = self.query_vectors([question.resolved])[0]
         return _search(self.index, question, k=self.settings.top_k if k is None else k, settings=self.settings,
-                       query_vector=vector, retriever=mode, scoring=scoring, allowed=allowed)
+                       query_vector=vector, retriever=mode, scoring=scoring, allowed=allowed,
+                       filters=question.filters)
 
     def allowed_rows(self, filters: Filters | dict | None) -> "np.ndarray | None":
         """The chunk rows of the articles inside ``filters`` (None: no filter)."""

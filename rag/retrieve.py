@@ -1,4 +1,4 @@
-"""Dense (FAISS) and BM25 (jieba tokens) retrieval, fused by reciprocal rank fusion."""
+"""Dense and BM25 (jieba tokens) retrieval from the index's store, fused by reciprocal rank fusion."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,6 +8,7 @@ from .errors import BadInput
 from .index import Index
 from .ingest import clean_question
 from .query import Question
+from .store import Where, fuse_ranks
 from .score import ScoringParams, gather_evidence, load_scoring, remember_evidence, rerank, term_idf
 from .types import Hit, Retriever
 from .zh import is_han, tokenize
@@ -42,52 +43,21 @@ def check_k(k: object) -> int:
     return k
 
 
-def dense_ranking(index: Index, query_vector: np.ndarray, n: int,
-                  allowed: np.ndarray | None = None) -> list[tuple[int, float]]:
-    """(chunk row, cosine) pairs, best first; only rows in ``allowed`` (a filter) when it is given."""
-    if index.dense.ntotal == 0 or (allowed is not None and not len(allowed)):
-        return []
-    extra = {}
-    searcher = index.dense
-    if allowed is not None:  # FAISS skips the other rows inside the search, so the filter is exact
-        import faiss
-
-        extra["params"] = faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed))
-        # a graph search (HNSW) can miss allowed rows the graph walk never reaches: scan its flat store
-        storage = getattr(faiss.downcast_index(searcher), "storage", None)
-        if storage is not None:
-            searcher = faiss.downcast_index(storage)
-    scores, rows = searcher.search(np.ascontiguousarray(query_vector.reshape(1, -1), dtype=np.float32),
-                                      min(n, index.dense.ntotal), **extra)
-    return [(int(r), float(s)) for r, s in zip(rows[0], scores[0]) if r >= 0]
+def _where(allowed: np.ndarray | None, filters) -> Where:
+    return Where(rows=None if allowed is None else np.asarray(allowed, dtype=np.int64), filters=filters or None)
 
 
-def bm25_ranking(index: Index, query: str, n: int, allowed: np.ndarray | None = None) -> list[tuple[int, float]]:
+def dense_ranking(index: Index, query_vector: np.ndarray, n: int, allowed: np.ndarray | None = None,
+                  filters=None) -> list[tuple[int, float]]:
+    """(chunk row, cosine) pairs, best first, from the index's store; only rows in ``allowed`` (the rows
+    of ``filters``, a ``meta.Filters``) when it is given."""
+    return index.store.dense(query_vector, n, _where(allowed, filters))
+
+
+def bm25_ranking(index: Index, query: str, n: int, allowed: np.ndarray | None = None,
+                 filters=None) -> list[tuple[int, float]]:
     """(chunk row, BM25 score) pairs with a positive score, best first; only rows in ``allowed`` if given."""
-    vocab = index.bm25.vocab_dict
-    ids = [vocab[t] for t in tokenize(query) if t in vocab]
-    if not ids:
-        return []
-    scores = index.bm25.get_scores_from_ids(ids)
-    if allowed is not None:
-        kept = np.zeros_like(scores)
-        kept[allowed] = scores[allowed]
-        scores = kept
-    top = np.argsort(-scores, kind="stable")[:n]
-    return [(int(r), float(scores[r])) for r in top if scores[r] > 0]
-
-
-def fuse_ranks(rankings: list[list[tuple[int, float]]], weights: list[float], k: int = 60) -> list[tuple[int, float]]:
-    """Reciprocal rank fusion: score(d) = sum_i w_i / (k + rank_i(d)), ranks from 1.
-
-    >>> fuse_ranks([[(1, .9), (2, .5)], [(2, 3.0), (3, 1.0)]], [1.0, 1.0], k=60)[0][0]
-    2
-    """
-    fused: dict[int, float] = {}
-    for ranking, w in zip(rankings, weights):
-        for rank, (row, _) in enumerate(ranking, start=1):
-            fused[row] = fused.get(row, 0.0) + w / (k + rank)
-    return sorted(fused.items(), key=lambda x: (-x[1], x[0]))
+    return index.store.bm25(tokenize(query), n, _where(allowed, filters))
 
 
 def _dedupe(index: Index, ranked: list[tuple[int, float]], k: int) -> list[tuple[int, float]]:
@@ -106,29 +76,27 @@ def _dedupe(index: Index, ranked: list[tuple[int, float]], k: int) -> list[tuple
 
 
 def fused_ranking(index: Index, query: str, *, settings: Settings, query_vector: np.ndarray | None,
-                  retriever: str, n: int, allowed: np.ndarray | None = None) -> list[tuple[int, float]]:
-    """(chunk row, fused score) pairs of the dense and/or BM25 rankings, best first, before the rerank."""
-    rankings, weights = [], []
-    if retriever != Retriever.BM25:
-        rankings.append(dense_ranking(index, query_vector, n, allowed))
-        weights.append(settings.dense_weight)
-    if retriever != Retriever.DENSE:
-        rankings.append(bm25_ranking(index, query, n, allowed))
-        weights.append(settings.bm25_weight)
-    if len(rankings) == 1:
-        return rankings[0]
-    return fuse_ranks(rankings, weights, settings.rrf_k)
+                  retriever: str, n: int, allowed: np.ndarray | None = None, filters=None) -> list[tuple[int, float]]:
+    """(chunk row, fused score) pairs of the dense and/or BM25 rankings, best first, before the rerank
+    (the hybrid is the store's: reciprocal rank fusion, ``fuse_ranks``)."""
+    if retriever == Retriever.DENSE:
+        return dense_ranking(index, query_vector, n, allowed, filters)
+    if retriever == Retriever.BM25:
+        return bm25_ranking(index, query, n, allowed, filters)
+    return index.store.hybrid(tokenize(query), query_vector, n, _where(allowed, filters),
+                              weights=(settings.dense_weight, settings.bm25_weight), k=settings.rrf_k)
 
 
 def search(index: Index, query: str | Question, *, k: int = 5, settings: Settings | None = None,
            query_vector: np.ndarray | None = None, retriever: str | None = None,
-           scoring: ScoringParams | None = None, allowed: np.ndarray | None = None) -> list[Hit]:
+           scoring: ScoringParams | None = None, allowed: np.ndarray | None = None, filters=None) -> list[Hit]:
     """The top ``k`` chunks for a query, by the configured retriever (hybrid, bm25 or dense), reranked
     by the probability that their best sentence answers the question (``rag.score``).
 
     ``query`` is the question record ``Engine`` made (a plain text is checked and analysed here);
     ``query_vector`` is the encoded query (needed unless the retriever is bm25 without rerank);
-    ``allowed`` the chunk rows a filter leaves (None: all), searched exactly.
+    ``allowed`` the chunk rows a filter leaves (None: all), searched exactly; ``filters`` the
+    ``meta.Filters`` they came from (a milvus store searches with them as an expression).
     """
     settings = settings or index.settings
     mode = Retriever.parse(retriever or settings.retriever, "retriever")
@@ -139,7 +107,7 @@ def search(index: Index, query: str | Question, *, k: int = 5, settings: Setting
     if (mode is not Retriever.BM25 or settings.rerank) and query_vector is None:
         raise ValueError("dense retrieval and the rerank need the query vector")
     ranked = fused_ranking(index, q, settings=settings, query_vector=query_vector, retriever=mode,
-                           n=max(settings.candidates, 4 * k), allowed=allowed)
+                           n=max(settings.candidates, 4 * k), allowed=allowed, filters=filters)
     evidence = []
     if settings.rerank:
         depth = [(row, rank) for rank, (row, _) in enumerate(ranked[: params.rerank_depth], start=1)]

@@ -1,0 +1,248 @@
+"""Where the chunk vectors and the chunk text for BM25 live, and how they are searched: a store.
+
+Two backends answer the same three rankings ((chunk row, score) pairs, best first):
+
+- ``faiss`` (default): files in the index folder, a FAISS index and a bm25s index;
+- ``milvus`` (``rag.milvus``): a Milvus collection, in a Milvus Lite folder inside the index folder or
+  on a Milvus server, searched with Milvus's own dense, BM25 and hybrid (RRF) search, filters as
+  Milvus expressions.
+
+The records (articles, chunks, sentences and their vectors) stay in the index folder either way, so
+the rerank and the answer above the store are the same.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from .errors import BadInput
+
+__all__ = ["STORES", "StoreSpec", "Where", "Store", "FaissStore", "fuse_ranks", "check_store", "build_store", "open_store"]
+
+STORES = ("faiss", "milvus")
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    """Which store to build an index into.
+
+    ``uri`` (milvus only): a Milvus Lite path (``index/milvus.db``: a folder inside the index folder,
+    the default) or a server address ``http://host:19530``; ``token`` (``user:password`` or an API
+    key) is used to connect and is never written to the manifest.
+    """
+
+    kind: str = "faiss"
+    uri: str | None = None
+    token: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.kind not in STORES:
+            raise BadInput(f"store must be {' or '.join(STORES)}, got {self.kind!r}")
+        if self.kind == "faiss" and (self.uri or self.token):
+            raise BadInput("--milvus-uri and --milvus-token need --store milvus")
+
+
+@dataclass(frozen=True)
+class Where:
+    """The chunks a search may return: ``rows`` (chunk rows, None: all) and the ``filters`` they came
+    from (a ``meta.Filters``, or None), which a store may evaluate itself."""
+
+    rows: np.ndarray | None = None
+    filters: object | None = None
+
+    @property
+    def empty(self) -> bool:
+        return self.rows is not None and not len(self.rows)
+
+
+class Store(Protocol):
+    """What retrieval needs of a store."""
+
+    kind: str
+
+    def dense(self, vector: np.ndarray, n: int, where: Where) -> list[tuple[int, float]]:
+        """(row, cosine) pairs, best first."""
+
+    def bm25(self, tokens: list[str], n: int, where: Where) -> list[tuple[int, float]]:
+        """(row, BM25 score) pairs of the chunks holding a query token, best first."""
+
+    def hybrid(self, tokens: list[str], vector: np.ndarray, n: int, where: Where, *, weights: tuple[float, float],
+               k: int) -> list[tuple[int, float]]:
+        """Reciprocal rank fusion of the dense and BM25 rankings (``fuse_ranks``)."""
+
+    def vectors(self) -> np.ndarray:
+        """All chunk vectors, row i = chunk i."""
+
+    def doc_freqs(self) -> dict[str, int]:
+        """How many chunks hold each BM25 token."""
+
+    def close(self) -> None:
+        """Release what the store holds open."""
+
+
+def fuse_ranks(rankings: list[list[tuple[int, float]]], weights: list[float], k: int = 60) -> list[tuple[int, float]]:
+    """Reciprocal rank fusion: score(d) = sum_i w_i / (k + rank_i(d)), ranks from 1.
+
+    >>> fuse_ranks([[(1, .9), (2, .5)], [(2, 3.0), (3, 1.0)]], [1.0, 1.0], k=60)[0][0]
+    2
+    """
+    fused: dict[int, float] = {}
+    for ranking, w in zip(rankings, weights):
+        for rank, (row, _) in enumerate(ranking, start=1):
+            fused[row] = fused.get(row, 0.0) + w / (k + rank)
+    return sorted(fused.items(), key=lambda x: (-x[1], x[0]))
+
+
+class FaissStore:
+    """Chunk vectors in FAISS (exact inner product, or HNSW above ``exact_search_max`` chunks) and
+    their jieba tokens in bm25s; filters are applied as row selections, exactly."""
+
+    kind = "faiss"
+
+    def __init__(self, dense, bm25) -> None:
+        self.index = dense  # faiss.Index
+        self.bm25_index = bm25  # bm25s.BM25
+
+    @property
+    def count(self) -> int:
+        return int(self.index.ntotal)
+
+    def dense(self, vector: np.ndarray, n: int, where: Where) -> list[tuple[int, float]]:
+        if self.index.ntotal == 0 or where.empty:
+            return []
+        extra = {}
+        searcher = self.index
+        if where.rows is not None:  # FAISS skips the other rows inside the search, so the filter is exact
+            import faiss
+
+            extra["params"] = faiss.SearchParameters(sel=faiss.IDSelectorBatch(where.rows))
+            # a graph search (HNSW) can miss allowed rows the graph walk never reaches: scan its flat store
+            storage = getattr(faiss.downcast_index(searcher), "storage", None)
+            if storage is not None:
+                searcher = faiss.downcast_index(storage)
+        scores, rows = searcher.search(np.ascontiguousarray(vector.reshape(1, -1), dtype=np.float32),
+                                         min(n, self.index.ntotal), **extra)
+        return [(int(r), float(s)) for r, s in zip(rows[0], scores[0]) if r >= 0]
+
+    def bm25(self, tokens: list[str], n: int, where: Where) -> list[tuple[int, float]]:
+        vocab = self.bm25_index.vocab_dict
+        ids = [vocab[t] for t in tokens if t in vocab]
+        if not ids or where.empty:
+            return []
+        scores = self.bm25_index.get_scores_from_ids(ids)
+        if where.rows is not None:
+            kept = np.zeros_like(scores)
+            kept[where.rows] = scores[where.rows]
+            scores = kept
+        top = np.argsort(-scores, kind="stable")[:n]
+        return [(int(r), float(scores[r])) for r in top if scores[r] > 0]
+
+    def hybrid(self, tokens: list[str], vector: np.ndarray, n: int, where: Where, *, weights: tuple[float, float],
+               k: int) -> list[tuple[int, float]]:
+        return fuse_ranks([self.dense(vector, n, where), self.bm25(tokens, n, where)], list(weights), k)
+
+    def vectors(self) -> np.ndarray:
+        n = self.index.ntotal
+        return self.index.reconstruct_n(0, n) if n else np.zeros((0, self.index.d), dtype=np.float32)
+
+    def doc_freqs(self) -> dict[str, int]:
+        df = np.diff(np.asarray(self.bm25_index.scores["indptr"]))
+        return {t: int(df[i]) for t, i in self.bm25_index.vocab_dict.items() if i < len(df)}
+
+    def close(self) -> None:
+        pass
+
+
+# The dense index by size, chosen from bench/bench_scale.py (2 cores, synthetic e5-like vectors): exact
+# IndexFlatIP up to ``Settings.exact_search_max`` chunks (recall 1; at 100k its p50 was already 16-80 ms),
+# above it HNSW over full vectors: recall@10 0.997 at 100k with efSearch 128 and p50 ~1 ms, where
+# IVF-Flat needed nprobe 32-64 for 0.993-0.998 and the 8-bit kinds (IVF-SQ8, HNSW-SQ8) stayed at
+# 0.97-0.98. HNSW keeps its vectors in a flat store, which a filtered search scans exactly (FaissStore.dense).
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 80
+HNSW_EF_SEARCH = 128
+_ADD_BATCH = 50_000
+
+
+def _faiss_index(vectors: np.ndarray, exact_search_max: int) -> tuple[object, str, dict]:
+    """The FAISS index for these vectors, its kind and its parameters (both recorded in the manifest)."""
+    import faiss
+
+    dim = vectors.shape[1]
+    if len(vectors) > exact_search_max:
+        index = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        index.hnsw.efSearch = HNSW_EF_SEARCH
+        kind = "hnsw-flat-ip"
+        params = {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION, "efSearch": HNSW_EF_SEARCH}
+    else:
+        index = faiss.IndexFlatIP(dim)
+        kind, params = "flat-ip", {}
+    for start in range(0, len(vectors), _ADD_BATCH):  # a batch at a time: no second copy of a large array
+        index.add(np.ascontiguousarray(vectors[start:start + _ADD_BATCH], dtype=np.float32))
+    return index, kind, {"chunks": int(len(vectors)), "exact_search_max": exact_search_max, **params}
+
+
+def build_store(folder: Path, index_dir: Path, spec: StoreSpec, *, chunks: list, tokens: list[list[str]],
+                vectors: np.ndarray, articles: dict, exact_search_max: int) -> dict:
+    """Write the store of a new index (its files into ``folder``, the temporary index folder that will
+    replace ``index_dir``) and return its manifest entry (``kind`` and what is needed to open it)."""
+    if spec.kind == "milvus":
+        from .milvus import build_milvus
+
+        return build_milvus(folder, index_dir, spec, chunks=chunks, tokens=tokens, vectors=vectors,
+                            articles=articles)
+    import bm25s
+    import faiss
+
+    dense, kind, params = _faiss_index(vectors, exact_search_max)
+    faiss.write_index(dense, str(folder / "dense.faiss"))
+    retriever = bm25s.BM25(k1=1.2, b=0.75)
+    retriever.index([t or [""] for t in tokens], show_progress=False)
+    retriever.save(str(folder / "bm25"))
+    return {"kind": "faiss", "dense_index": kind, "dense_params": params}
+
+
+def check_store(spec: StoreSpec, index_dir: Path) -> None:
+    """Refuse a store that cannot be built (no pymilvus, a server not answering, a Lite path outside the
+    index) before the pages are read and embedded."""
+    if spec.kind == "milvus":
+        from .milvus import check_milvus
+
+        check_milvus(spec, Path(index_dir))
+
+
+def open_store(path: Path, entry: dict, *, dimension: int, count: int, token: str | None = None,
+               articles: dict | None = None) -> Store:
+    """Open the store a manifest entry describes, checking it holds ``count`` chunks of ``dimension``.
+
+    Raises:
+        IndexFormat: its files or collection are missing, damaged or inconsistent.
+        BadInput: the milvus store cannot be reached (no pymilvus, server down, Lite folder in use).
+    """
+    from .errors import IndexFormat
+
+    kind = entry.get("kind", "faiss")
+    if kind == "milvus":
+        from .milvus import open_milvus
+
+        return open_milvus(path, entry, dimension=dimension, count=count, token=token, articles=articles)
+    if kind != "faiss":
+        raise IndexFormat(f"index at {path} uses the store {kind!r}, which this rag does not know; "
+                          f"rebuild it with `rag index`")
+    import bm25s
+    import faiss
+
+    try:
+        dense = faiss.read_index(str(path / "dense.faiss"))
+        bm25 = bm25s.BM25.load(str(path / "bm25"), load_corpus=False)
+    except (OSError, RuntimeError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise IndexFormat(f"index at {path} is damaged ({first}); rebuild it with `rag index`") from None
+    if dense.ntotal != count or bm25.scores.get("num_docs") != count or dense.d != dimension:
+        raise IndexFormat(f"index at {path} is inconsistent ({count} chunks, {dense.ntotal} vectors of dimension "
+                          f"{dense.d}, {bm25.scores.get('num_docs')} BM25 documents); rebuild it with `rag index`")
+    return FaissStore(dense, bm25)
