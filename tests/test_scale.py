@@ -107,25 +107,21 @@ def test_a_killed_add_of_a_folder_resumes_without_embedding_its_finished_pages_a
 
 
 def test_the_index_kind_follows_the_size_and_a_filtered_search_stays_exact(tmp_path):
-    from types import SimpleNamespace
-
-    from rag.config import Settings
-    from rag.index import _faiss_index
-    from rag.retrieve import dense_ranking
+    from rag.store import FaissStore, Where, _faiss_index
 
     rng = np.random.default_rng(3)
     centres = rng.standard_normal((40, 64)).astype(np.float32)
     vectors = centres[rng.integers(0, 40, 4000)] + 0.3 * rng.standard_normal((4000, 64)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    small, kind, params = _faiss_index(vectors[:500], Settings(exact_search_max=1000))
+    small, kind, params = _faiss_index(vectors[:500], 1000)
     assert kind == "flat-ip" and params["chunks"] == 500
-    dense, kind, params = _faiss_index(vectors, Settings(exact_search_max=1000))
+    dense, kind, params = _faiss_index(vectors, 1000)
     assert kind == "hnsw-flat-ip" and params == {"chunks": 4000, "exact_search_max": 1000, "M": 32,
                                                   "efConstruction": 80, "efSearch": 128}
-    index = SimpleNamespace(dense=dense)
+    store = FaissStore(dense, None)
     allowed = np.sort(rng.choice(4000, 60, replace=False))  # a narrow filter: 1.5% of the rows
     for q in vectors[rng.choice(4000, 30, replace=False)]:
-        got = dense_ranking(index, q, 10, allowed=allowed)
+        got = store.dense(q, 10, Where(rows=allowed))
         scores = vectors[allowed] @ q
         want = allowed[np.argsort(-scores, kind="stable")[:10]]
         assert [r for r, _ in got] == list(want)
