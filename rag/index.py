@@ -22,12 +22,13 @@ from .errors import BadInput, IndexFormat, IndexNotFound, IndexStale
 from .meta import SIDECAR
 from .storage import file_checksums, make_temp_dir, read_lock, swap_into_place, verify_files
 from .types import Article, Chunk, article_from_dict, chunk_from_dict, to_dict
-from .zh import add_place_names, add_user_words, fold_width, tokenize
+from .zh import Tokenizer, default_tokenizer, fold_width
 
 __all__ = ["FORMAT_VERSION", "Index", "write_index", "load_index", "seed_hashes", "sidecar_hash", "stale_pages", "library_versions"]
 
 # 2: the manifest lists every file with its size and sha256; 3: articles carry their page's paper, date,
-# page, region and city
+# page, region and city (the manifest's "tokenizer" entry, with terms/places/stopwords.txt, came later
+# in format 3: an index without it is refused, see _load_index)
 FORMAT_VERSION = 3
 MANIFEST = "manifest.json"
 _UNCHECKED = (MANIFEST, "README.md")
@@ -52,6 +53,9 @@ class Index:
     # what later stages derive from this index once (rag.score's sentence table, the evidence a search
     # scored for its answer); it goes when the index goes
     derived: dict = field(default_factory=dict, repr=False)
+    # how this index splits text (BM25 build and query, term coverage, question analysis): its own
+    # jieba dictionary with its terms and places, its stopwords and BM25 k1/b, as recorded when built
+    tokenizer: Tokenizer = field(default_factory=default_tokenizer, repr=False)
 
     @cached_property
     def corpus_text(self) -> str:
@@ -122,11 +126,11 @@ def _faiss_index(vectors: np.ndarray, settings: Settings) -> tuple[object, str]:
     return index, kind
 
 
-def _bm25(chunks: list[Chunk]):
+def _bm25(chunks: list[Chunk], tokenizer: Tokenizer):
     import bm25s
 
-    retriever = bm25s.BM25(k1=1.2, b=0.75)
-    corpus = [tokenize(c.embed_text) or [""] for c in chunks]
+    retriever = bm25s.BM25(k1=tokenizer.k1, b=tokenizer.b)
+    corpus = [tokenizer.tokenize(c.embed_text) or [""] for c in chunks]
     retriever.index(corpus, show_progress=False)
     return retriever
 
@@ -140,22 +144,27 @@ def _write_jsonl(path: Path, records) -> None:
 def write_index(out_dir: str | Path, *, articles: list[Article], chunks: list[Chunk], vectors: np.ndarray,
                 settings: Settings, model_name: str, seeds: dict[str, str], terms: list[str],
                 sentences: list[dict] | None = None, sentence_vectors: np.ndarray | None = None,
-                page_meta_sha256: str | None = None) -> Path:
-    """Write a complete index folder atomically (temporary sibling, then rename)."""
+                page_meta_sha256: str | None = None, tokenizer: Tokenizer | None = None) -> Path:
+    """Write a complete index folder atomically (temporary sibling, then rename).
+
+    ``tokenizer`` is the index's (default: ``terms`` and no places, the default stopwords and k1/b);
+    its terms, places and stopwords are written beside the BM25 files and its k1/b into the manifest."""
     import faiss
 
     out_dir = Path(out_dir)
     if len(chunks) != len(vectors):
         raise ValueError(f"{len(chunks)} chunks but {len(vectors)} vectors")
-    add_user_words(terms)
+    tokenizer = tokenizer or Tokenizer(terms)
     tmp = make_temp_dir(out_dir)
     try:
         _write_jsonl(tmp / "articles.jsonl", articles)
         _write_jsonl(tmp / "chunks.jsonl", chunks)
         dense, kind = _faiss_index(vectors, settings)
         faiss.write_index(dense, str(tmp / "dense.faiss"))
-        _bm25(chunks).save(str(tmp / "bm25"))
-        (tmp / "terms.txt").write_text("\n".join(sorted(set(terms))) + "\n", encoding="utf-8")
+        _bm25(chunks, tokenizer).save(str(tmp / "bm25"))
+        for name, items in (("terms.txt", tokenizer.terms), ("places.txt", tokenizer.places),
+                            ("stopwords.txt", tokenizer.stopwords)):
+            (tmp / name).write_text("".join(w + "\n" for w in sorted(items)), encoding="utf-8")
         sentences = sentences or []
         if sentence_vectors is None:
             sentence_vectors = np.zeros((0, vectors.shape[1] if vectors.ndim == 2 else 0), dtype=np.float32)
@@ -176,6 +185,7 @@ def write_index(out_dir: str | Path, *, articles: list[Article], chunks: list[Ch
             "seeds": seeds,
             "page_meta": {"file": SIDECAR, "sha256": page_meta_sha256},
             "sentences": {"count": len(sentences), "files": ["sentences.jsonl", "sentences.npy"]},
+            "tokenizer": tokenizer.manifest(),
         }
         # last: every file written above, whatever it is, is listed and checked on load
         manifest["files"] = file_checksums(tmp, skip=_UNCHECKED)
@@ -245,8 +255,10 @@ def _load_index(path: Path, *, model: str | None, verify: bool) -> Index:
         chunks = _read_jsonl(path / "chunks.jsonl", chunk_from_dict)
         dense = faiss.read_index(str(path / "dense.faiss"))
         bm25 = bm25s.BM25.load(str(path / "bm25"), load_corpus=False)
-        terms_file = path / "terms.txt"
-        terms = terms_file.read_text(encoding="utf-8").split() if terms_file.exists() else []
+        if "tokenizer" not in manifest:
+            raise IndexFormat(f"index at {path} records no tokenizer (stopwords, BM25 k1/b; built by an older rag); "
+                              f"rebuild it with `rag index`")
+        tokenizer = _read_tokenizer(path, manifest["tokenizer"])
         if "sentences" not in manifest:
             raise IndexFormat(f"index at {path} has no sentence vectors (built by an older rag); rebuild it with `rag index`")
         sentences = _read_jsonl(path / "sentences.jsonl", dict)
@@ -264,9 +276,18 @@ def _load_index(path: Path, *, model: str | None, verify: bool) -> Index:
                           f"vectors; rebuild it with `rag index`")
     if any(c.article_id not in by_id for c in chunks):
         raise IndexFormat(f"index at {path} has chunks of unknown articles; rebuild it with `rag index`")
-    add_user_words(terms)
-    add_place_names({p for rec in sentences for p in rec.get("places", ())})  # as tagged when it was built
-    return Index(path, manifest, settings, by_id, chunks, dense, bm25, sentences, sentence_vectors)
+    return Index(path, manifest, settings, by_id, chunks, dense, bm25, sentences, sentence_vectors, tokenizer=tokenizer)
+
+
+def _read_tokenizer(path: Path, spec: dict) -> Tokenizer:
+    """The tokenizer an index was built with, from its manifest entry and word files."""
+    files = spec["files"]
+    lists = {key: (path / files[key]).read_text(encoding="utf-8").split() for key in ("terms", "places", "stopwords")}
+    tokenizer = Tokenizer(lists["terms"], lists["places"], stopwords=lists["stopwords"], k1=float(spec["k1"]),
+                          b=float(spec["b"]))
+    if tokenizer.manifest()["stopwords_sha256"] != spec["stopwords_sha256"]:
+        raise ValueError(f"{files['stopwords']} does not match the manifest's stopwords_sha256")
+    return tokenizer
 
 
 def stale_pages(index_manifest: dict, pages: list[Path]) -> list[str]:

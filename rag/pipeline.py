@@ -27,7 +27,7 @@ from .retrieve import search as _search
 from .segment import segment_page
 from .storage import writer_lock
 from .types import Answer, AnswerMode, Article, Hit, Retriever, to_dict
-from .zh import extract_terms
+from .zh import Tokenizer, extract_terms, local_place_names
 
 __all__ = ["describe_collection", "load_articles", "build_index", "add_pages", "remove_pages", "index_status", "verify_index", "Engine", "get_engine", "warm_up", "explain_fallback"]
 
@@ -61,14 +61,20 @@ def _terms(articles: list[Article]) -> list[str]:
     return sorted(terms)
 
 
-def _sentences(articles: list[Article], encoder, old=None) -> tuple[list[dict], "np.ndarray"]:
+def _tokenizer(articles: list[Article]) -> Tokenizer:
+    """The new index's tokenizer: its quoted terms and the places its pages name, taught to its own jieba."""
+    return Tokenizer(_terms(articles), local_place_names(a.title + "\n" + a.text for a in articles))
+
+
+def _sentences(articles: list[Article], encoder, old=None, *, tokenizer: Tokenizer | None = None
+               ) -> tuple[list[dict], "np.ndarray"]:
     """The sentence table of the articles (spans, places, years) and its passage vectors; the vectors
     of an old index's unchanged articles are reused."""
     import numpy as np
 
     from .score import describe_sentences
 
-    facts = [to_dict(f) for f in describe_sentences(articles)]
+    facts = [to_dict(f) for f in describe_sentences(articles, tokenizer)]
     by_id = {a.article_id: a for a in articles}
     texts = [by_id[f["article_id"]].text[f["start"]:f["end"]] for f in facts]
     known = {}
@@ -132,8 +138,9 @@ def _build_index(seeds: str | Path, index_dir: str | Path, *, settings: Settings
     encoder = get_encoder(settings)
     log.info("embedding %d chunks of %d articles with %s", len(chunks), len(articles), settings.model)
     vectors = encoder.encode_passages([c.embed_text for c in chunks])
-    sentences, sentence_vectors = _sentences(articles, encoder)
-    write_index(index_dir, articles=articles, chunks=chunks, vectors=vectors, settings=settings,
+    tokenizer = _tokenizer(articles)
+    sentences, sentence_vectors = _sentences(articles, encoder, tokenizer=tokenizer)
+    write_index(index_dir, articles=articles, chunks=chunks, vectors=vectors, settings=settings, tokenizer=tokenizer,
                 model_name=settings.model, seeds=seed_hashes(pages), terms=_terms(articles),
                 sentences=sentences, sentence_vectors=sentence_vectors, page_meta_sha256=sidecar_hash(seeds))
     _engines.clear()
@@ -217,11 +224,12 @@ def _remove_pages(names: list[str], index_dir: Path, seeds: Path) -> dict:
                 os.replace(seeds / name, aside)
                 moved.append((aside, seeds / name))
             set_sidecar_entry(seeds, name, None)
-        sentences, sentence_vectors = _sentences(articles, get_encoder(index.settings), old=index)
+        tokenizer = _tokenizer(articles)
+        sentences, sentence_vectors = _sentences(articles, get_encoder(index.settings), old=index, tokenizer=tokenizer)
         hashes = {k: v for k, v in index.manifest.get("seeds", {}).items() if k not in names}
         write_index(index_dir, articles=articles, chunks=[index.chunks[i] for i in rows],
                     vectors=index.vectors()[rows], settings=index.settings, model_name=index.model, seeds=hashes,
-                    terms=_terms(articles), sentences=sentences, sentence_vectors=sentence_vectors,
+                    terms=_terms(articles), tokenizer=tokenizer, sentences=sentences, sentence_vectors=sentence_vectors,
                     page_meta_sha256=sidecar_hash(seeds))
     except BaseException:
         for aside, target in moved:
@@ -271,9 +279,10 @@ def _add_pages(files: list[str | Path], index_dir: str | Path, *, seeds: str | P
     hashes.update(seed_hashes([seeds_dir / p.name for p in paths]))
     articles = kept_articles + new_articles
     chunks = [index.chunks[i] for i in rows] + new_chunks
-    sentences, sentence_vectors = _sentences(articles, encoder, old=index)
+    tokenizer = _tokenizer(articles)
+    sentences, sentence_vectors = _sentences(articles, encoder, old=index, tokenizer=tokenizer)
     write_index(index_dir, articles=articles, chunks=chunks, vectors=np.vstack([old_vectors, new_vectors]),
-                settings=settings, model_name=index.model, seeds=hashes, terms=_terms(articles),
+                settings=settings, model_name=index.model, seeds=hashes, terms=_terms(articles), tokenizer=tokenizer,
                 sentences=sentences, sentence_vectors=sentence_vectors, page_meta_sha256=sidecar_hash(seeds_dir))
     _engines.clear()
     return {"added_pages": sorted(names), "new_chunks": len(new_chunks), "reused_chunks": len(rows),
@@ -344,10 +353,11 @@ class Engine:
             BadInput: an empty, over-long or wordless question, or a bad filter.
         """
         text = check_query(text, self.settings)
-        resolved = resolve_followup(text, [h for h in (history or []) if isinstance(h, str)])
+        resolved = resolve_followup(text, [h for h in (history or []) if isinstance(h, str)], self.index.tokenizer)
         if filters is not None and not isinstance(filters, Filters):
             filters = Filters.from_dict(filters)
-        return Question.of(text, resolved=check_query(resolved, self.settings), filters=filters)
+        return Question.of(text, resolved=check_query(resolved, self.settings), filters=filters,
+                           tokenizer=self.index.tokenizer)
 
     def search(self, query: str | Question, *, k: int | None = None, retriever: str | None = None,
                scoring: ScoringParams | None = None, query_vector=None,

@@ -10,7 +10,7 @@ from .ingest import clean_question
 from .query import Question
 from .score import ScoringParams, gather_evidence, load_scoring, remember_evidence, rerank, term_idf
 from .types import Hit, Retriever
-from .zh import is_han, tokenize
+from .zh import is_han
 
 __all__ = ["check_query", "dense_ranking", "bm25_ranking", "fuse_ranks", "fused_ranking", "term_idf", "search", "MAX_K"]
 
@@ -60,7 +60,7 @@ def dense_ranking(index: Index, query_vector: np.ndarray, n: int,
 def bm25_ranking(index: Index, query: str, n: int, allowed: np.ndarray | None = None) -> list[tuple[int, float]]:
     """(chunk row, BM25 score) pairs with a positive score, best first; only rows in ``allowed`` if given."""
     vocab = index.bm25.vocab_dict
-    ids = [vocab[t] for t in tokenize(query) if t in vocab]
+    ids = [vocab[t] for t in index.tokenizer.tokenize(query) if t in vocab]
     if not ids:
         return []
     scores = index.bm25.get_scores_from_ids(ids)
@@ -127,7 +127,7 @@ def search(index: Index, query: str | Question, *, k: int = 5, settings: Setting
     """
     settings = settings or index.settings
     mode = Retriever.parse(retriever or settings.retriever, "retriever")
-    question = query if isinstance(query, Question) else Question.of(check_query(query, settings))
+    question = query if isinstance(query, Question) else Question.of(check_query(query, settings), tokenizer=index.tokenizer)
     q = question.resolved
     k = check_k(k)
     params = scoring or load_scoring()
