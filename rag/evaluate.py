@@ -123,8 +123,10 @@ def _gold_rank(engine, item: QAItem, hits) -> int | None:
     return None
 
 
-def _resolved(item: QAItem) -> str:
-    return resolve_followup(item.question, list(item.history)) if item.history else item.question
+def _resolved(item: QAItem, engine=None) -> str:
+    """The item's question, a follow-up resolved with the engine's index's tokenizer."""
+    tokenizer = getattr(getattr(engine, "index", None), "tokenizer", None)
+    return resolve_followup(item.question, list(item.history), tokenizer) if item.history else item.question
 
 
 def evaluate_retrieval(engine, items: list[QAItem], *, retriever: str | None = None, k: int = 5,
@@ -135,7 +137,7 @@ def evaluate_retrieval(engine, items: list[QAItem], *, retriever: str | None = N
         if not item.answerable:
             continue
         t0 = time.perf_counter()
-        hits = engine.search(_resolved(item), k=k, retriever=retriever, scoring=scoring)
+        hits = engine.search(_resolved(item, engine), k=k, retriever=retriever, scoring=scoring)
         latencies.append((time.perf_counter() - t0) * 1000)
         r = _gold_rank(engine, item, hits)
         ranks.append(r)
@@ -242,7 +244,7 @@ def _page_of(engine, item: QAItem, sources: list[str]) -> str:
         for art in engine.index.articles.values():
             if gold_spans(art.text, item.gold):
                 return art.source
-    hits = engine.search(_resolved(item), k=1)
+    hits = engine.search(_resolved(item, engine), k=1)
     return hits[0].source if hits else "?"
 
 
@@ -255,14 +257,14 @@ def collect_evidence(engine, items: list[QAItem], base: ScoringParams | None = N
     sources = sorted({a.source for a in index.articles.values()})
     out = []
     if hasattr(engine, "query_vectors"):  # one batch: far quicker than one question at a time
-        engine.query_vectors(list(dict.fromkeys(_resolved(i).strip() for i in items)))
+        engine.query_vectors(list(dict.fromkeys(_resolved(i, engine).strip() for i in items)))
     for item in items:
-        q = _resolved(item).strip()
+        q = _resolved(item, engine).strip()
         vec = engine.query_vectors([q])[0] if hasattr(engine, "query_vectors") else engine.encoder.encode_queries([q])[0]
         ranked = fused_ranking(index, q, settings=settings, query_vector=vec, retriever=settings.retriever,
                                n=max(settings.candidates, base.rerank_depth))
         depth = [(row, rank) for rank, (row, _) in enumerate(ranked[: base.rerank_depth], start=1)]
-        evidence = gather_evidence(index, analyze_question(q), vec, depth, base)
+        evidence = gather_evidence(index, analyze_question(q, index.tokenizer), vec, depth, base)
         labels = []
         for ev in evidence:
             ok = False
@@ -353,7 +355,7 @@ def _judge_items(engine, items: list[QAItem], params_of) -> list[dict]:
                "verbatim": sum(1 for c in ans.citations
                                if engine.index.articles[c.article_id].text[c.start:c.end] == c.excerpt)}
         if item.answerable:
-            hits = engine.search(_resolved(item), k=5, scoring=params)
+            hits = engine.search(_resolved(item, engine), k=5, scoring=params)
             row["rank"] = _gold_rank(engine, item, hits)
         rows.append(row)
     return rows

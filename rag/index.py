@@ -24,12 +24,13 @@ from .meta import SIDECAR
 from .store import Store, StoreSpec, build_store, open_store
 from .storage import file_checksums, make_temp_dir, read_lock, swap_into_place, verify_files
 from .types import Article, Chunk, article_from_dict, chunk_from_dict, to_dict
-from .zh import add_place_names, add_user_words, fold_width, tokenize
+from .zh import Tokenizer, default_tokenizer, fold_width
 
 __all__ = ["FORMAT_VERSION", "Index", "write_index", "load_index", "seed_hashes", "sidecar_hash", "stale_pages", "library_versions"]
 
 # 2: the manifest lists every file with its size and sha256; 3: articles carry their page's paper, date,
-# page, region and city
+# page, region and city (the manifest's "tokenizer" entry, with terms/places/stopwords.txt, came later
+# in format 3: an index without it is refused, see _load_index)
 FORMAT_VERSION = 3
 # encoder variants whose vectors this rag reproduces: the ONNX fp32 graph gives the bundled model the same
 # vectors as sentence-transformers (tests/test_embed.py), so either may query an index the other built
@@ -56,6 +57,9 @@ class Index:
     # what later stages derive from this index once (rag.score's sentence table, the evidence a search
     # scored for its answer); it goes when the index goes
     derived: dict = field(default_factory=dict, repr=False)
+    # how this index splits text (BM25 build and query, term coverage, question analysis): its own
+    # jieba dictionary with its terms and places, its stopwords and BM25 k1/b, as recorded when built
+    tokenizer: Tokenizer = field(default_factory=default_tokenizer, repr=False)
 
     @cached_property
     def corpus_text(self) -> str:
@@ -154,9 +158,12 @@ def write_index(out_dir: str | Path, *, articles: list[Article], chunks: list[Ch
                 settings: Settings, model_name: str, seeds: dict[str, str], terms: list[str],
                 sentences: list[dict] | None = None, sentence_vectors: np.ndarray | None = None,
                 page_meta_sha256: str | None = None, model_runtime: str | None = None,
-                store: StoreSpec | None = None) -> Path:
+                store: StoreSpec | None = None, tokenizer: Tokenizer | None = None) -> Path:
     """Write a complete index folder atomically (temporary sibling, then rename). ``model_runtime``
     (rag.embed.encoder_runtime) records which encoder variant made the vectors.
+
+    ``tokenizer`` is the index's (default: ``terms`` and no places, the default stopwords and k1/b);
+    its terms, places and stopwords are written beside the store's files and its k1/b into the manifest.
 
     ``store`` says where the chunk vectors and BM25 text go (default: the store the index at
     ``out_dir`` already uses, else faiss); the manifest records it.
@@ -164,7 +171,7 @@ def write_index(out_dir: str | Path, *, articles: list[Article], chunks: list[Ch
     out_dir = Path(out_dir)
     if len(chunks) != len(vectors):
         raise ValueError(f"{len(chunks)} chunks but {len(vectors)} vectors")
-    add_user_words(terms)
+    tokenizer = tokenizer or Tokenizer(terms)
     old_manifest = read_manifest(out_dir)
     store = store or spec_of(out_dir, old_manifest)
     tmp = make_temp_dir(out_dir)
@@ -172,9 +179,13 @@ def write_index(out_dir: str | Path, *, articles: list[Article], chunks: list[Ch
         _write_jsonl(tmp / "articles.jsonl", articles)
         _write_jsonl(tmp / "chunks.jsonl", chunks)
         by_id = {a.article_id: a for a in articles}
-        store_entry = build_store(tmp, out_dir, store, chunks=chunks, tokens=[tokenize(c.embed_text) for c in chunks],
-                                  vectors=vectors, articles=by_id, exact_search_max=settings.exact_search_max)
-        (tmp / "terms.txt").write_text("\n".join(sorted(set(terms))) + "\n", encoding="utf-8")
+        store_entry = build_store(tmp, out_dir, store, chunks=chunks,
+                                  tokens=[tokenizer.tokenize(c.embed_text) for c in chunks], vectors=vectors,
+                                  articles=by_id, exact_search_max=settings.exact_search_max,
+                                  k1=tokenizer.k1, b=tokenizer.b)
+        for name, items in (("terms.txt", tokenizer.terms), ("places.txt", tokenizer.places),
+                            ("stopwords.txt", tokenizer.stopwords)):
+            (tmp / name).write_text("".join(w + "\n" for w in sorted(items)), encoding="utf-8")
         sentences = sentences or []
         if sentence_vectors is None:
             sentence_vectors = np.zeros((0, vectors.shape[1] if vectors.ndim == 2 else 0), dtype=np.float32)
@@ -198,6 +209,7 @@ def write_index(out_dir: str | Path, *, articles: list[Article], chunks: list[Ch
             "seeds": seeds,
             "page_meta": {"file": SIDECAR, "sha256": page_meta_sha256},
             "sentences": {"count": len(sentences), "files": ["sentences.jsonl", "sentences.npy"]},
+            "tokenizer": tokenizer.manifest(),
         }
         # last: every file written above, whatever it is, is listed and checked on load
         files = file_checksums(tmp, skip=_UNCHECKED)
@@ -283,8 +295,10 @@ def _load_index(path: Path, *, model: str | None, verify: bool, token: str | Non
     try:
         articles = _read_jsonl(path / "articles.jsonl", article_from_dict)
         chunks = _read_jsonl(path / "chunks.jsonl", chunk_from_dict)
-        terms_file = path / "terms.txt"
-        terms = terms_file.read_text(encoding="utf-8").split() if terms_file.exists() else []
+        if "tokenizer" not in manifest:
+            raise IndexFormat(f"index at {path} records no tokenizer (stopwords, BM25 k1/b; built by an older rag); "
+                              f"rebuild it with `rag index`")
+        tokenizer = _read_tokenizer(path, manifest["tokenizer"])
         if "sentences" not in manifest:
             raise IndexFormat(f"index at {path} has no sentence vectors (built by an older rag); rebuild it with `rag index`")
         sentences = _read_jsonl(path / "sentences.jsonl", dict)
@@ -303,9 +317,18 @@ def _load_index(path: Path, *, model: str | None, verify: bool, token: str | Non
     if any(c.article_id not in by_id for c in chunks):
         store.close()
         raise IndexFormat(f"index at {path} has chunks of unknown articles; rebuild it with `rag index`")
-    add_user_words(terms)
-    add_place_names({p for rec in sentences for p in rec.get("places", ())})  # as tagged when it was built
-    return Index(path, manifest, settings, by_id, chunks, store, sentences, sentence_vectors)
+    return Index(path, manifest, settings, by_id, chunks, store, sentences, sentence_vectors, tokenizer=tokenizer)
+
+
+def _read_tokenizer(path: Path, spec: dict) -> Tokenizer:
+    """The tokenizer an index was built with, from its manifest entry and word files."""
+    files = spec["files"]
+    lists = {key: (path / files[key]).read_text(encoding="utf-8").split() for key in ("terms", "places", "stopwords")}
+    tokenizer = Tokenizer(lists["terms"], lists["places"], stopwords=lists["stopwords"], k1=float(spec["k1"]),
+                          b=float(spec["b"]))
+    if tokenizer.manifest()["stopwords_sha256"] != spec["stopwords_sha256"]:
+        raise ValueError(f"{files['stopwords']} does not match the manifest's stopwords_sha256")
+    return tokenizer
 
 
 def stale_pages(index_manifest: dict, pages: list[Path]) -> list[str]:

@@ -1,7 +1,7 @@
 """The ``milvus`` store: chunk vectors, BM25 text and page metadata in a Milvus collection.
 
 One collection per index: ``row`` (INT64 primary key = chunk row), ``vector`` (the chunk's passage
-vector, inner product), ``text`` (the chunk's BM25 tokens, made by ``zh.tokenize`` with the index's
+vector, inner product), ``text`` (the chunk's BM25 tokens, made by the index's ``zh.Tokenizer`` with its
 jieba dictionary and joined by spaces, so Milvus's BM25 function counts the same words as the faiss
 store's bm25s), ``sparse`` (that BM25 function's output), and ``paper``, ``region``, ``city``, ``date``
 (YYYYMMDD, 0 when unknown) so that filters are Milvus expressions.
@@ -181,7 +181,7 @@ def _date_int(date: str | None) -> int:
 
 
 def build_milvus(folder: Path, index_dir: Path, spec: StoreSpec, *, chunks: list, tokens: list[list[str]],
-                 vectors: np.ndarray, articles: dict) -> dict:
+                 vectors: np.ndarray, articles: dict, k1: float = BM25_K1, b: float = BM25_B) -> dict:
     """Write the chunks into a new collection (a Lite folder inside ``folder``, or on the server) and
     the BM25 document frequencies into ``folder``; return the manifest entry."""
     pymilvus = _pymilvus()
@@ -199,7 +199,7 @@ def build_milvus(folder: Path, index_dir: Path, spec: StoreSpec, *, chunks: list
         index_params = client.prepare_index_params()
         index_params.add_index("vector", index_type="FLAT", metric_type="IP")
         index_params.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25",
-                               params={"params": {"bm25_k1": BM25_K1, "bm25_b": BM25_B}})
+                               params={"params": {"bm25_k1": k1, "bm25_b": b}})
         client.create_collection(name, schema=_schema(client, pymilvus, dimension, server), index_params=index_params)
         try:
             batch = []
@@ -240,7 +240,7 @@ def build_milvus(folder: Path, index_dir: Path, spec: StoreSpec, *, chunks: list
     (folder / DF_FILE).write_text(json.dumps(df, ensure_ascii=False, sort_keys=True), encoding="utf-8")
     return {"kind": "milvus", "uri": spec.uri if server else lite_rel.as_posix(), "server": server,
             "collection": name, "metric": "IP", "dense_index": "FLAT",
-            "bm25": {"k1": BM25_K1, "b": BM25_B, "tokens": "rag.zh.tokenize, joined by spaces"},
+            "bm25": {"k1": k1, "b": b, "tokens": "the index's tokenizer (rag.zh.Tokenizer), joined by spaces"},
             "df_file": DF_FILE}
 
 

@@ -30,7 +30,7 @@ from .segment import segment_page
 from .storage import writer_lock
 from .store import StoreSpec, check_store
 from .types import Answer, AnswerMode, Article, Hit, Retriever, to_dict
-from .zh import extract_terms
+from .zh import Tokenizer, extract_terms, local_place_names
 
 __all__ = ["describe_collection", "load_articles", "build_index", "add_pages", "remove_pages", "index_status", "verify_index", "Engine", "get_engine", "warm_up", "explain_fallback"]
 
@@ -93,7 +93,13 @@ def _terms(articles: list[Article]) -> list[str]:
     return sorted(terms)
 
 
-def _sentences(articles: list[Article], encoder, old=None, *, chunks=(), staging: Staging | None = None):
+def _tokenizer(articles: list[Article]) -> Tokenizer:
+    """The new index's tokenizer: its quoted terms and the places its pages name, taught to its own jieba."""
+    return Tokenizer(_terms(articles), local_place_names(a.title + "\n" + a.text for a in articles))
+
+
+def _sentences(articles: list[Article], encoder, old=None, *, chunks=(), staging: Staging | None = None,
+               tokenizer: Tokenizer | None = None):
     """The sentence table of the articles (spans, places, years), its passage vectors, and the vectors
     of ``chunks``; the sentence vectors of an old index's unchanged articles are reused, the rest are
     embedded page by page (checkpointed in ``staging``).
@@ -105,7 +111,7 @@ def _sentences(articles: list[Article], encoder, old=None, *, chunks=(), staging
 
     from .score import describe_sentences
 
-    facts = [to_dict(f) for f in describe_sentences(articles)]
+    facts = [to_dict(f) for f in describe_sentences(articles, tokenizer)]
     by_id = {a.article_id: a for a in articles}
     texts = [by_id[f["article_id"]].text[f["start"]:f["end"]] for f in facts]
     known = {}
@@ -200,8 +206,10 @@ def _build_index(seeds: str | Path, index_dir: str | Path, *, settings: Settings
     encoder = get_encoder(settings)
     log.info("embedding %d chunks of %d articles with %s", len(chunks), len(articles), settings.model)
     staging = Staging(index_dir, f"{settings.model}|{encoder.runtime}")
-    sentences, sentence_vectors, vectors, reused = _sentences(articles, encoder, chunks=chunks, staging=staging)
-    write_index(index_dir, articles=articles, chunks=chunks, vectors=vectors, settings=settings,
+    tokenizer = _tokenizer(articles)
+    sentences, sentence_vectors, vectors, reused = _sentences(articles, encoder, chunks=chunks, staging=staging,
+                                                              tokenizer=tokenizer)
+    write_index(index_dir, articles=articles, chunks=chunks, vectors=vectors, settings=settings, tokenizer=tokenizer,
                 model_name=settings.model, seeds=seed_hashes(pages), terms=_terms(articles),
                 sentences=sentences, sentence_vectors=sentence_vectors, page_meta_sha256=sidecar_hash(seeds),
                 model_runtime=encoder.runtime, store=store)
@@ -299,11 +307,13 @@ def _remove_pages(names: list[str], index_dir: Path, seeds: Path) -> dict:
                 os.replace(seeds / name, aside)
                 moved.append((aside, seeds / name))
             set_sidecar_entry(seeds, name, None)
-        sentences, sentence_vectors, _, _ = _sentences(articles, get_encoder(index.settings), old=index)
+        tokenizer = _tokenizer(articles)
+        sentences, sentence_vectors, _, _ = _sentences(articles, get_encoder(index.settings), old=index,
+                                                       tokenizer=tokenizer)
         hashes = {k: v for k, v in index.manifest.get("seeds", {}).items() if k not in names}
         write_index(index_dir, articles=articles, chunks=[index.chunks[i] for i in rows],
                     vectors=index.vectors()[rows], settings=index.settings, model_name=index.model, seeds=hashes,
-                    terms=_terms(articles), sentences=sentences, sentence_vectors=sentence_vectors,
+                    terms=_terms(articles), tokenizer=tokenizer, sentences=sentences, sentence_vectors=sentence_vectors,
                     page_meta_sha256=sidecar_hash(seeds), model_runtime=index.runtime)
     except BaseException:
         for aside, target in moved:
@@ -340,8 +350,9 @@ def _add_pages(files: list[str | Path], index_dir: str | Path, *, seeds: str | P
     encoder = get_encoder(settings)
     articles = kept_articles + new_articles
     staging = Staging(index_dir, f"{index.model}|{encoder.runtime}")
+    tokenizer = _tokenizer(articles)
     sentences, sentence_vectors, new_vectors, reused = _sentences(articles, encoder, old=index, chunks=new_chunks,
-                                                                   staging=staging)
+                                                                  tokenizer=tokenizer, staging=staging)
     import numpy as np
 
     seeds_dir = Path(seeds)
@@ -356,7 +367,7 @@ def _add_pages(files: list[str | Path], index_dir: str | Path, *, seeds: str | P
     hashes.update(seed_hashes([seeds_dir / p.name for p in paths]))
     chunks = [index.chunks[i] for i in rows] + new_chunks
     write_index(index_dir, articles=articles, chunks=chunks, vectors=np.vstack([old_vectors, new_vectors]),
-                settings=settings, model_name=index.model, seeds=hashes, terms=_terms(articles),
+                settings=settings, model_name=index.model, seeds=hashes, terms=_terms(articles), tokenizer=tokenizer,
                 sentences=sentences, sentence_vectors=sentence_vectors, page_meta_sha256=sidecar_hash(seeds_dir),
                 model_runtime=encoder.runtime)
     staging.clear()
@@ -430,10 +441,11 @@ class Engine:
             BadInput: an empty, over-long or wordless question, or a bad filter.
         """
         text = check_query(text, self.settings)
-        resolved = resolve_followup(text, [h for h in (history or []) if isinstance(h, str)])
+        resolved = resolve_followup(text, [h for h in (history or []) if isinstance(h, str)], self.index.tokenizer)
         if filters is not None and not isinstance(filters, Filters):
             filters = Filters.from_dict(filters)
-        return Question.of(text, resolved=check_query(resolved, self.settings), filters=filters)
+        return Question.of(text, resolved=check_query(resolved, self.settings), filters=filters,
+                           tokenizer=self.index.tokenizer)
 
     def search(self, query: str | Question, *, k: int | None = None, retriever: str | None = None,
                scoring: ScoringParams | None = None, query_vector=None,

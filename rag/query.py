@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import lru_cache
 
 from .meta import Filters
 from .types import QuestionKind
-from .zh import MEASURE_WORDS, fold_width, numbers_in, place_names, relative_years, words, years_in
+from .zh import MEASURE_WORDS, Tokenizer, default_tokenizer, fold_width, numbers_in, relative_years, years_in
 
 __all__ = ["Question", "QuestionInfo", "analyze_question", "SOFT_TERMS", "is_followup", "resolve_followup"]
 
@@ -55,19 +54,32 @@ class Question:
     filters: Filters | None = None
 
     @classmethod
-    def of(cls, text: str, *, resolved: str | None = None, filters: Filters | None = None) -> "Question":
-        """The record of an already checked text (and its resolved form, if it is a follow-up)."""
+    def of(cls, text: str, *, resolved: str | None = None, filters: Filters | None = None,
+           tokenizer: Tokenizer | None = None) -> "Question":
+        """The record of an already checked text (and its resolved form, if it is a follow-up), analysed
+        with the index's ``tokenizer`` (default: the default tokenizer)."""
         resolved = text if resolved is None else resolved
-        return cls(text, resolved, analyze_question(resolved), filters or None)
+        return cls(text, resolved, analyze_question(resolved, tokenizer), filters or None)
 
 
-@lru_cache(maxsize=1024)
-def analyze_question(question: str) -> QuestionInfo:
-    """Key terms and expected answer type of a question.
+def analyze_question(question: str, tokenizer: Tokenizer | None = None) -> QuestionInfo:
+    """Key terms and expected answer type of a question, its words and places by the index's
+    ``tokenizer`` (default: the default tokenizer); remembered by the tokenizer.
 
     >>> analyze_question("海西州引进了多少个创新创业团队？").kind.value
     'count'
     """
+    tokenizer = tokenizer or default_tokenizer()
+    key = ("analyze_question", question)
+    info = tokenizer.memo.get(key)
+    if info is None:
+        if len(tokenizer.memo) > 4096:
+            tokenizer.memo.clear()
+        info = tokenizer.memo[key] = _analyze(question, tokenizer)
+    return info
+
+
+def _analyze(question: str, tokenizer: Tokenizer) -> QuestionInfo:
     q = fold_width(question)
     # the first kind whose wording the question has, in this order
     kind = next((k for k, pattern in _KIND_PATTERNS if pattern.search(q)), QuestionKind.OTHER)
@@ -76,9 +88,9 @@ def analyze_question(question: str) -> QuestionInfo:
     # numbers with the unit written after them ("2024年"), so that "2024—2026年" does not match "2024年"
     numbers = tuple(m.group(0) for m in re.finditer(r"\d+(?:\.\d+)?(?:%|[年月日号个名家位人项万亿元吨天级])?", q))
     bare = set(numbers_in(q))
-    terms = tuple(dict.fromkeys(t for t in words(q) if t not in _QUESTION_WORDS and t not in bare
+    terms = tuple(dict.fromkeys(t for t in tokenizer.words(q) if t not in _QUESTION_WORDS and t not in bare
                                 and "几" not in t and not (len(t) == 1 and (t in _WEAK_CHARS or not t.isalnum()))))
-    return QuestionInfo(question, terms, kind, measure, numbers, tuple(place_names(q)),
+    return QuestionInfo(question, terms, kind, measure, numbers, tuple(tokenizer.place_names(q)),
                         tuple(years_in(q) + relative_years(q)))
 
 
@@ -91,27 +103,28 @@ _FOLLOWUP_END = re.compile(r"呢[？?！!。]*$")
 _THAT_X = re.compile(r"^(?:那|那么)?(.{1,12}?)呢[？?！!。]*$")
 
 
-def is_followup(question: str) -> bool:
+def is_followup(question: str, tokenizer: Tokenizer | None = None) -> bool:
     """Whether a question leans on the previous turn ("那西宁呢？", "具体有哪些措施？")."""
     q = question.strip()
     if _FOLLOWUP_START.match(q) or (_FOLLOWUP_END.search(q) and len(q) <= 14):
         return True
-    info = analyze_question(q)
+    info = analyze_question(q, tokenizer)
     return len([t for t in info.terms if t not in SOFT_TERMS]) == 0
 
 
-def resolve_followup(question: str, history: list[str]) -> str:
+def resolve_followup(question: str, history: list[str], tokenizer: Tokenizer | None = None) -> str:
     """Rewrite a follow-up question into a standalone one using the previous questions.
 
     "那西宁呢？" after "格尔木的开发区在全国排第几？" becomes "西宁的开发区在全国排第几？"; other
     follow-ups get the previous question's topic words appended.
 
-    >>> resolve_followup("那西宁呢？", ["格尔木的开发区在全国排第几？"])
+    >>> from rag.zh import Tokenizer
+    >>> resolve_followup("那西宁呢？", ["格尔木的开发区在全国排第几？"], Tokenizer(places=["格尔木", "西宁"]))
     '西宁的开发区在全国排第几？'
     """
     q = question.strip()
     prev = next((h.strip() for h in reversed(history) if h and h.strip()), "")
-    if not prev or not is_followup(q):
+    if not prev or not is_followup(q, tokenizer):
         return q
     m = _THAT_X.match(q)
     if m:
@@ -125,28 +138,23 @@ def resolve_followup(question: str, history: list[str]) -> str:
             return prev.replace(year_old.group(0), f"{y}年" if year_old.group(0).endswith("年") else str(y), 1)
         if back:  # a time, not a place: "去年呢？" after "海西…多少？" asks 海西's figure of 去年
             return f"{new}{prev}"
-        place = _place_in(prev)
+        place = _place_in(prev, tokenizer or default_tokenizer())
         if place and new and place not in new:
             return prev.replace(place, new, 1)
         return f"{new}{prev}" if new else prev
-    topic = [t for t in analyze_question(prev).terms if t not in SOFT_TERMS and t not in q]
+    topic = [t for t in analyze_question(prev, tokenizer).terms if t not in SOFT_TERMS and t not in q]
     return f"{q.rstrip('？?')}（{''.join(topic)}）？" if topic else q
 
 
-def _place_in(text: str) -> str | None:
+def _place_in(text: str, tokenizer: Tokenizer) -> str | None:
     """The first place named in a text, as written ("格尔木市" or "格尔木"), else the first organisation
     name (jieba part-of-speech nt)."""
-    names = place_names(text)
+    names = tokenizer.place_names(text)
     if names:
         m = re.search(re.escape(names[0]) + r"(?:自治州|自治县|[省市州县区镇乡村旗盟])?", text)
         if m:
             return m.group(0)
-    from .zh import _jieba
-
-    _jieba()
-    import jieba.posseg as pseg
-
-    for w, flag in pseg.lcut(text):
+    for w, flag in tokenizer.pos_cut(text, HMM=True):
         if flag in ("ns", "nt") and len(w) >= 2:
             return w
     return None

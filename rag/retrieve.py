@@ -11,7 +11,7 @@ from .query import Question
 from .store import Where, fuse_ranks
 from .score import ScoringParams, gather_evidence, load_scoring, remember_evidence, rerank, term_idf
 from .types import Hit, Retriever
-from .zh import is_han, tokenize
+from .zh import is_han
 
 __all__ = ["check_query", "dense_ranking", "bm25_ranking", "fuse_ranks", "fused_ranking", "term_idf", "search", "MAX_K"]
 
@@ -57,7 +57,7 @@ def dense_ranking(index: Index, query_vector: np.ndarray, n: int, allowed: np.nd
 def bm25_ranking(index: Index, query: str, n: int, allowed: np.ndarray | None = None,
                  filters=None) -> list[tuple[int, float]]:
     """(chunk row, BM25 score) pairs with a positive score, best first; only rows in ``allowed`` if given."""
-    return index.store.bm25(tokenize(query), n, _where(allowed, filters))
+    return index.store.bm25(index.tokenizer.tokenize(query), n, _where(allowed, filters))
 
 
 def _dedupe(index: Index, ranked: list[tuple[int, float]], k: int) -> list[tuple[int, float]]:
@@ -83,7 +83,7 @@ def fused_ranking(index: Index, query: str, *, settings: Settings, query_vector:
         return dense_ranking(index, query_vector, n, allowed, filters)
     if retriever == Retriever.BM25:
         return bm25_ranking(index, query, n, allowed, filters)
-    return index.store.hybrid(tokenize(query), query_vector, n, _where(allowed, filters),
+    return index.store.hybrid(index.tokenizer.tokenize(query), query_vector, n, _where(allowed, filters),
                               weights=(settings.dense_weight, settings.bm25_weight), k=settings.rrf_k)
 
 
@@ -100,7 +100,7 @@ def search(index: Index, query: str | Question, *, k: int = 5, settings: Setting
     """
     settings = settings or index.settings
     mode = Retriever.parse(retriever or settings.retriever, "retriever")
-    question = query if isinstance(query, Question) else Question.of(check_query(query, settings))
+    question = query if isinstance(query, Question) else Question.of(check_query(query, settings), tokenizer=index.tokenizer)
     q = question.resolved
     k = check_k(k)
     params = scoring or load_scoring()

@@ -17,7 +17,6 @@ import json
 import math
 import re
 import threading
-from functools import lru_cache
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -25,8 +24,8 @@ import numpy as np
 
 from .query import SOFT_TERMS, QuestionInfo
 from .types import QuestionKind
-from .zh import (MEASURE_WORDS, add_place_names, count_han, fold_width, is_han, local_place_names, place_key,
-                 place_names, relative_years, split_sentences, years_in)
+from .zh import (MEASURE_WORDS, Tokenizer, count_han, default_tokenizer, fold_width, is_han, local_place_names,
+                 place_key, relative_years, split_sentences, years_in)
 
 __all__ = ["FEATURES", "ScoringParams", "load_scoring", "save_scoring", "Evidence", "Judgement", "fact_match",
            "term_coverage", "place_check", "year_check", "relative_year_check", "describe_sentences", "gather_evidence", "rerank",
@@ -225,10 +224,13 @@ class SentenceFacts:
     years: tuple[str, ...] = ()
 
 
-def describe_sentences(articles) -> list[SentenceFacts]:
-    """The sentences of every article with their places and years (the index's sentence table)."""
+def describe_sentences(articles, tokenizer: Tokenizer | None = None) -> list[SentenceFacts]:
+    """The sentences of every article with their places and years (the index's sentence table), places
+    by the index's ``tokenizer`` (default: one taught the places the articles name)."""
     articles = list(articles)
-    add_place_names(local_place_names(a.title + "\n" + a.text for a in articles))
+    if tokenizer is None:
+        tokenizer = Tokenizer(places=local_place_names(a.title + "\n" + a.text for a in articles))
+    place_names = tokenizer.place_names
     out = []
     for a in articles:
         for s, e in split_sentences(a.text):
@@ -294,7 +296,9 @@ def _fold(text: str) -> str:
 class SentenceTable:
     """The index's sentence facts and vectors, looked up by article and offset."""
 
-    def __init__(self, facts: list[SentenceFacts | dict], vectors: np.ndarray, articles: dict):
+    def __init__(self, facts: list[SentenceFacts | dict], vectors: np.ndarray, articles: dict,
+                 tokenizer: Tokenizer | None = None):
+        place_names = (tokenizer or default_tokenizer()).place_names
         facts = [f if isinstance(f, SentenceFacts) else
                  SentenceFacts(f["article_id"], f["start"], f["end"], tuple(f.get("places", ())), tuple(f.get("years", ())))
                  for f in facts]
@@ -403,25 +407,18 @@ def sentence_table(index) -> SentenceTable:
     with _lock:
         table = index.derived.get("sentence_table")
         if table is None:
-            table = index.derived["sentence_table"] = SentenceTable(index.sentences, index.sentence_vectors,
+            table = index.derived["sentence_table"] = SentenceTable(index.sentences, index.sentence_vectors, tokenizer=index.tokenizer, articles=
                                                                     index.articles)
         return table
 
 
-@lru_cache(maxsize=256)
-def _foreign_places(query: str, corpus: str, known: tuple[str, ...]) -> tuple[str, ...]:
+def _foreign_places(query: str, corpus: str, known: tuple[str, ...], tokenizer: Tokenizer) -> tuple[str, ...]:
     """Places a question names that the newspapers never mention (jieba place words absent from the
     corpus: "包头", "呼和浩特"); jieba also tags common words as places ("深度"), but those the
     corpus uses, so a word tagged so and never used by the pages is taken to be a place they lack."""
-    from .zh import _jieba
-
-    _jieba()
-    import jieba.posseg as pseg
-
     out = []
-    for p in pseg.lcut(fold_width(query), HMM=False):
-        w = p.word
-        if p.flag == "ns" and len(w) >= 2 and all(is_han(c) for c in w) and w.lower() not in corpus \
+    for w, flag in tokenizer.pos_cut(fold_width(query)):
+        if flag == "ns" and len(w) >= 2 and all(is_han(c) for c in w) and w.lower() not in corpus \
                 and not any(w in k or k in w for k in known):
             out.append(w)
     return tuple(dict.fromkeys(out))
@@ -438,7 +435,7 @@ def gather_evidence(index, info: QuestionInfo, query_vector: np.ndarray, ranked:
     table = sentence_table(index)
     qv = np.asarray(query_vector, dtype=np.float32).reshape(-1)
     weights = term_weights(info, idf, unknown_idf=unknown_idf, corpus=corpus)
-    asked_places = info.places + _foreign_places(info.text, corpus, info.places)
+    asked_places = info.places + _foreign_places(info.text, corpus, info.places, index.tokenizer)
     windows = info.kind.asks_a_figure
     explicit_years = tuple(y for y in info.years if y.isdigit())
     relative = tuple(y for y in info.years if not y.isdigit())

@@ -187,20 +187,21 @@ def _faiss_index(vectors: np.ndarray, exact_search_max: int) -> tuple[object, st
 
 
 def build_store(folder: Path, index_dir: Path, spec: StoreSpec, *, chunks: list, tokens: list[list[str]],
-                vectors: np.ndarray, articles: dict, exact_search_max: int) -> dict:
+                vectors: np.ndarray, articles: dict, exact_search_max: int, k1: float = 1.2,
+                b: float = 0.75) -> dict:
     """Write the store of a new index (its files into ``folder``, the temporary index folder that will
     replace ``index_dir``) and return its manifest entry (``kind`` and what is needed to open it)."""
     if spec.kind == "milvus":
         from .milvus import build_milvus
 
         return build_milvus(folder, index_dir, spec, chunks=chunks, tokens=tokens, vectors=vectors,
-                            articles=articles)
+                            articles=articles, k1=k1, b=b)
     import bm25s
     import faiss
 
     dense, kind, params = _faiss_index(vectors, exact_search_max)
     faiss.write_index(dense, str(folder / "dense.faiss"))
-    retriever = bm25s.BM25(k1=1.2, b=0.75)
+    retriever = bm25s.BM25(k1=k1, b=b)
     retriever.index([t or [""] for t in tokens], show_progress=False)
     retriever.save(str(folder / "bm25"))
     return {"kind": "faiss", "dense_index": kind, "dense_params": params}

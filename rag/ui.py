@@ -7,7 +7,9 @@ import os
 import queue
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 from .chatview import chinese_message, copy_text, link_markers, md_text, page_label, parse_cite_key, source_block
 from .config import Settings
@@ -84,16 +86,109 @@ def _filters(paper, region, since, until) -> Filters | None:
 
 def build_app(index_dir: str | Path = "index", seeds: str | Path | None = "seeds",
               settings: Settings | None = None, *, allow_upload: bool = False):
-    """The Gradio Blocks app (not launched); ``allow_upload`` lets the 资料库 tab add and remove pages."""
+    """The Gradio Blocks app (not launched); ``allow_upload`` lets the 资料库 tab add and remove pages.
+
+    Built in named phases: the handlers, then each part of the page (header, the 问答 tab's chat
+    column and 原文 panel, 文章浏览, 资料库), then the event wiring."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio as gr
 
     backend = _Backend(index_dir, seeds, settings)
-    default_mode = settings.answer_mode if settings else "extractive"
     all_articles = backend.articles()
-    examples = _usable_examples(backend)
-    max_chars = (settings or Settings()).max_question_chars
+    handlers = _handlers(gr, backend, (settings or Settings()).max_question_chars)
+    with gr.Blocks(title="本地政策新闻问答") as demo:
+        _header(gr, backend)
+        state = _conversation_state(gr)
+        with gr.Tab("问答"):
+            with gr.Row():
+                chat = _chat_column(gr, all_articles, _usable_examples(backend),
+                                    settings.answer_mode if settings else "extractive")
+                source = _source_panel(gr)
+            hidden = _hidden_boxes(gr)
+        with gr.Tab("文章浏览"):
+            browse = _browse_tab(gr, all_articles, handlers.article_parts)
+        with gr.Tab("资料库", elem_id="library-tab"):
+            from .library import library_tab
 
+            library_tab(gr, demo, backend, allow_upload)
+        _wire_chat(gr, demo, handlers, state, chat, source, hidden)
+        _wire_browse(handlers, browse)
+        gr.api(handlers.api_ask, api_name="ask")
+    demo.queue(default_concurrency_limit=4, max_size=64)
+    return demo
+
+
+@dataclass(frozen=True)
+class _Handlers:
+    """What the page's events call (closures over the backend)."""
+
+    article_parts: Callable  # (article_id, start, end, label) -> (HighlightedText value, its label, meta line)
+    article_view: Callable  # the same as Gradio updates
+    respond: Callable  # a question -> the chat's streamed updates
+    open_cite: Callable  # a clicked [n] -> its article, highlighted
+    list_articles: Callable  # a page -> its articles
+    api_ask: Callable  # the named /ask endpoint
+
+
+@dataclass(frozen=True)
+class _State:
+    """The conversation: each turn's sources, the questions asked, the turn count, the browser copy."""
+
+    cites: Any
+    saved: Any
+    asked: Any
+    turn: Any
+
+
+@dataclass(frozen=True)
+class _ChatColumn:
+    """The 问答 tab's left column: the chat and its controls, filters, examples and settings."""
+
+    chat: Any
+    box: Any
+    send: Any
+    answer_state: Any
+    stop: Any
+    clear: Any
+    paper: Any
+    region: Any
+    since: Any
+    until: Any
+    example_buttons: list
+    k: Any
+    retriever: Any
+    mode: Any
+
+
+@dataclass(frozen=True)
+class _SourcePanel:
+    """The 原文 panel: the article a citation points at, the excerpt highlighted."""
+
+    meta: Any
+    view: Any
+
+
+@dataclass(frozen=True)
+class _HiddenBoxes:
+    """Hidden boxes the page's script writes (a clicked [n], a copy link) and reads (scroll, copy)."""
+
+    cite_key: Any
+    cite_target: Any
+    copy_key: Any
+    copied: Any
+
+
+@dataclass(frozen=True)
+class _BrowseTab:
+    """The 文章浏览 tab: a page and article picker and the article."""
+
+    page: Any
+    art_pick: Any
+    meta: Any
+    view: Any
+
+
+def _handlers(gr, backend: _Backend, max_chars: int) -> _Handlers:
     def article_parts(article_id: str | None, start: int | None = None, end: int | None = None,
                       label: str = "引用"):
         """(HighlightedText value, its label, the meta line) of an article, the excerpt highlighted."""
@@ -236,105 +331,129 @@ def build_app(index_dir: str | Path = "index", seeds: str | Path | None = "seeds
             raise gr.Error(str(exc), print_exception=False) from None
         return ans.to_json()
 
+    return _Handlers(article_parts, article_view, respond, open_cite, list_articles, api_ask)
+
+
+def _header(gr, backend: _Backend) -> None:
+    coverage = backend.coverage()
+    gr.Markdown("## 本地政策新闻问答\n<span class='rag-note'>回答只来自本地报纸；每句话都附有可核对的原文摘录。"
+                f"{md_text(coverage)}</span>", elem_id="coverage")
+
+
+def _conversation_state(gr) -> _State:
+    cites_state = gr.State({})  # turn -> that answer's sources
+    # the conversation, kept in the browser (localStorage) so that it survives a reload
+    saved = gr.BrowserState({}, storage_key="rag-conversation")
+    asked_state = gr.State([])
+    turn_state = gr.State(0)
+    return _State(cites_state, saved, asked_state, turn_state)
+
+
+def _chat_column(gr, all_articles: list, examples: list[str], default_mode: str) -> _ChatColumn:
     papers = sorted({a.paper for a in all_articles if a.paper})
     regions = sorted({a.region for a in all_articles if a.region})
-    with gr.Blocks(title="本地政策新闻问答") as demo:
-        coverage = backend.coverage()
-        gr.Markdown("## 本地政策新闻问答\n<span class='rag-note'>回答只来自本地报纸；每句话都附有可核对的原文摘录。"
-                    f"{md_text(coverage)}</span>", elem_id="coverage")
-        cites_state = gr.State({})  # turn -> that answer's sources
-        # the conversation, kept in the browser (localStorage) so that it survives a reload
-        saved = gr.BrowserState({}, storage_key="rag-conversation")
-        asked_state = gr.State([])
-        turn_state = gr.State(0)
-        with gr.Tab("问答"):
-            with gr.Row():
-                with gr.Column(scale=3):
-                    chat = gr.Chatbot(label="对话", height=460, elem_id="chat", sanitize_html=True,
-                                      placeholder="问一个关于本地政策新闻的问题，例如：格尔木的开发区在全国排第几？")
-                    with gr.Row():
-                        box = gr.Textbox(placeholder="输入问题，按回车发送", show_label=False, scale=5,
-                                         max_lines=3, elem_id="question")
-                        send = gr.Button("提问", variant="primary", scale=1, elem_id="send")
-                    answer_state = gr.Markdown("", elem_id="answer-state", elem_classes=["rag-note"])
-                    with gr.Row():
-                        stop = gr.Button("停止", elem_id="stop", variant="stop")
-                        clear = gr.Button("清空对话", elem_id="clear")
-                    with gr.Row(elem_id="filters"):
-                        paper = gr.Dropdown([("全部报纸", "")] + [(f"《{p}》", p) for p in papers], value="",
-                                            label="报纸", min_width=110, elem_id="filter-paper")
-                        region = gr.Dropdown([("全部地区", "")] + [(r, r) for r in regions], value="", label="地区",
-                                             min_width=110, elem_id="filter-region")
-                        since = gr.Textbox(label="从", placeholder="2023-12-01", min_width=110, max_lines=1,
-                                           elem_id="filter-since")
-                        until = gr.Textbox(label="到", placeholder="2023-12-31", min_width=110, max_lines=1,
-                                           elem_id="filter-until")
-                    example_buttons = []
-                    if examples:
-                        gr.Markdown("示例问题（点击即问）", elem_classes=["rag-note"])
-                        with gr.Row(elem_id="examples"):
-                            example_buttons = [gr.Button(q, size="sm") for q in examples]
-                    with gr.Accordion("设置", open=False):
-                        k = gr.Slider(1, 10, value=5, step=1, label="检索段落数")
-                        retriever = gr.Radio([("混合（推荐）", "hybrid"), ("关键词 BM25", "bm25"), ("语义向量", "dense")],
-                                             value="hybrid", label="检索方式")
-                        mode = gr.Radio([("原文摘录（最快）", "extractive"), ("本地模型改写（经原文核对）", "llm")],
-                                        value=default_mode, label="回答方式", elem_id="answer-mode")
-                with gr.Column(scale=2):
-                    gr.Markdown("### 原文")
-                    meta = gr.Markdown(_META_HINT, elem_id="article-meta")
-                    view = gr.HighlightedText(label="文章", combine_adjacent=True, show_legend=False,
-                                              elem_id="article-view", color_map={"引用": "yellow"})
-            cite_key = gr.Textbox(visible="hidden", elem_id="cite-key")
-            cite_target = gr.Textbox(visible="hidden", elem_id="cite-target")
-            copy_key = gr.Textbox(visible="hidden", elem_id="copy-key")
-            copied = gr.Textbox(visible="hidden", elem_id="copied")
-        with gr.Tab("文章浏览"):
-            pages = _pages(all_articles)
-            first = all_articles[0] if all_articles else None
-            value, title, first_meta = article_parts(first.article_id) if first else ([], "文章", "")
-            with gr.Row():
-                page = gr.Dropdown(choices=[("全部版面", "")] + pages, value="", label="版面", elem_id="page-pick")
-                art_pick = gr.Dropdown(choices=[(a.title, a.article_id) for a in all_articles],
-                                       value=first.article_id if first else None, label="文章",
-                                       elem_id="article-pick")
-            browse_meta = gr.Markdown(first_meta)
-            browse_view = gr.HighlightedText(value=value, label=title, show_legend=False, elem_id="browse-view")
-        with gr.Tab("资料库", elem_id="library-tab"):
-            from .library import library_tab
+    with gr.Column(scale=3):
+        chat = gr.Chatbot(label="对话", height=460, elem_id="chat", sanitize_html=True,
+                          placeholder="问一个关于本地政策新闻的问题，例如：格尔木的开发区在全国排第几？")
+        with gr.Row():
+            box = gr.Textbox(placeholder="输入问题，按回车发送", show_label=False, scale=5,
+                             max_lines=3, elem_id="question")
+            send = gr.Button("提问", variant="primary", scale=1, elem_id="send")
+        answer_state = gr.Markdown("", elem_id="answer-state", elem_classes=["rag-note"])
+        with gr.Row():
+            stop = gr.Button("停止", elem_id="stop", variant="stop")
+            clear = gr.Button("清空对话", elem_id="clear")
+        with gr.Row(elem_id="filters"):
+            paper = gr.Dropdown([("全部报纸", "")] + [(f"《{p}》", p) for p in papers], value="",
+                                label="报纸", min_width=110, elem_id="filter-paper")
+            region = gr.Dropdown([("全部地区", "")] + [(r, r) for r in regions], value="", label="地区",
+                                 min_width=110, elem_id="filter-region")
+            since = gr.Textbox(label="从", placeholder="2023-12-01", min_width=110, max_lines=1,
+                               elem_id="filter-since")
+            until = gr.Textbox(label="到", placeholder="2023-12-31", min_width=110, max_lines=1,
+                               elem_id="filter-until")
+        example_buttons = []
+        if examples:
+            gr.Markdown("示例问题（点击即问）", elem_classes=["rag-note"])
+            with gr.Row(elem_id="examples"):
+                example_buttons = [gr.Button(q, size="sm") for q in examples]
+        with gr.Accordion("设置", open=False):
+            k = gr.Slider(1, 10, value=5, step=1, label="检索段落数")
+            retriever = gr.Radio([("混合（推荐）", "hybrid"), ("关键词 BM25", "bm25"), ("语义向量", "dense")],
+                                 value="hybrid", label="检索方式")
+            mode = gr.Radio([("原文摘录（最快）", "extractive"), ("本地模型改写（经原文核对）", "llm")],
+                            value=default_mode, label="回答方式", elem_id="answer-mode")
+    return _ChatColumn(chat, box, send, answer_state, stop, clear, paper, region, since, until, example_buttons,
+                       k, retriever, mode)
 
-            library_tab(gr, demo, backend, allow_upload)
 
-        # Gradio passes the request to parameters annotated gr.Request; the annotations here are
-        # strings (postponed), which it cannot resolve since gradio is imported in this function
-        respond.__annotations__["request"] = _stop.__annotations__["request"] = gr.Request
-        outputs = [chat, box, cites_state, asked_state, turn_state, answer_state]
-        inputs = [box, chat, k, retriever, mode, cites_state, asked_state, turn_state, paper, region, since, until]
-        # our own Chinese status line replaces Gradio's progress overlay (English, with a guessed ETA)
-        quiet = dict(api_visibility="private", show_progress="hidden")
-        asked = [box.submit(respond, inputs, outputs, **quiet), send.click(respond, inputs, outputs, **quiet)]
-        for b in example_buttons:  # an example is asked at once, as if typed
-            asked.append(b.click(lambda q: q, b, box, queue=False, **quiet).then(respond, inputs, outputs, **quiet))
-        for event in asked:
-            event.then(_remember, [chat, cites_state, asked_state, turn_state], saved, **quiet)
-        demo.load(_restore, saved, [chat, cites_state, asked_state, turn_state, answer_state], **quiet)
-        stop.click(_stop, None, None, api_visibility="private", queue=False)
-        clear.click(lambda: ([], "", {}, [], gr.update(value=[], label="文章"), _META_HINT, {}),
-                    None, [chat, box, cites_state, asked_state, view, meta, saved], api_visibility="private",
-                    cancels=asked)
-        # the chat's own bin icon forgets the conversation too, not only what is shown
-        chat.clear(lambda: ({}, [], gr.update(value=[], label="文章"), _META_HINT, {}), None,
-                   [cites_state, asked_state, view, meta, saved],
-                   api_visibility="private")
-        cite_key.change(open_cite, [cite_key, cites_state], [view, meta, cite_target], **quiet).then(
-            None, cite_target, None, js="(t) => window.ragScrollToExcerpt(t)")
-        copy_key.change(lambda key, c: (c or {}).get(f"{(key or '').split('@')[0]}-copy", ""), [copy_key, cites_state],
-                        copied, **quiet).then(None, copied, None, js="(t) => window.ragCopy(t)")
-        page.change(list_articles, page, art_pick, api_visibility="private")
-        art_pick.change(lambda a: article_view(a), art_pick, [browse_view, browse_meta], api_visibility="private")
-        gr.api(api_ask, api_name="ask")
-    demo.queue(default_concurrency_limit=4, max_size=64)
-    return demo
+def _source_panel(gr) -> _SourcePanel:
+    with gr.Column(scale=2):
+        gr.Markdown("### 原文")
+        meta = gr.Markdown(_META_HINT, elem_id="article-meta")
+        view = gr.HighlightedText(label="文章", combine_adjacent=True, show_legend=False,
+                                  elem_id="article-view", color_map={"引用": "yellow"})
+    return _SourcePanel(meta, view)
+
+
+def _hidden_boxes(gr) -> _HiddenBoxes:
+    return _HiddenBoxes(gr.Textbox(visible="hidden", elem_id="cite-key"),
+                        gr.Textbox(visible="hidden", elem_id="cite-target"),
+                        gr.Textbox(visible="hidden", elem_id="copy-key"),
+                        gr.Textbox(visible="hidden", elem_id="copied"))
+
+
+def _browse_tab(gr, all_articles: list, article_parts: Callable) -> _BrowseTab:
+    pages = _pages(all_articles)
+    first = all_articles[0] if all_articles else None
+    value, title, first_meta = article_parts(first.article_id) if first else ([], "文章", "")
+    with gr.Row():
+        page = gr.Dropdown(choices=[("全部版面", "")] + pages, value="", label="版面", elem_id="page-pick")
+        art_pick = gr.Dropdown(choices=[(a.title, a.article_id) for a in all_articles],
+                               value=first.article_id if first else None, label="文章",
+                               elem_id="article-pick")
+    browse_meta = gr.Markdown(first_meta)
+    browse_view = gr.HighlightedText(value=value, label=title, show_legend=False, elem_id="browse-view")
+    return _BrowseTab(page, art_pick, browse_meta, browse_view)
+
+
+def _wire_chat(gr, demo, h: _Handlers, state: _State, c: _ChatColumn, source: _SourcePanel,
+               hidden: _HiddenBoxes) -> None:
+    """The 问答 tab's events: ask (box, button, examples), remember and restore the conversation,
+    stop, clear, open a citation, copy an answer."""
+    # Gradio passes the request to parameters annotated gr.Request; the annotations here are
+    # strings (postponed), which it cannot resolve since gradio is imported inside functions
+    h.respond.__annotations__["request"] = _stop.__annotations__["request"] = gr.Request
+    outputs = [c.chat, c.box, state.cites, state.asked, state.turn, c.answer_state]
+    inputs = [c.box, c.chat, c.k, c.retriever, c.mode, state.cites, state.asked, state.turn, c.paper, c.region,
+              c.since, c.until]
+    # our own Chinese status line replaces Gradio's progress overlay (English, with a guessed ETA)
+    quiet = dict(api_visibility="private", show_progress="hidden")
+    asked = [c.box.submit(h.respond, inputs, outputs, **quiet), c.send.click(h.respond, inputs, outputs, **quiet)]
+    for b in c.example_buttons:  # an example is asked at once, as if typed
+        asked.append(b.click(lambda q: q, b, c.box, queue=False, **quiet).then(h.respond, inputs, outputs, **quiet))
+    for event in asked:
+        event.then(_remember, [c.chat, state.cites, state.asked, state.turn], state.saved, **quiet)
+    demo.load(_restore, state.saved, [c.chat, state.cites, state.asked, state.turn, c.answer_state], **quiet)
+    c.stop.click(_stop, None, None, api_visibility="private", queue=False)
+    c.clear.click(lambda: ([], "", {}, [], gr.update(value=[], label="文章"), _META_HINT, {}),
+                  None, [c.chat, c.box, state.cites, state.asked, source.view, source.meta, state.saved],
+                  api_visibility="private", cancels=asked)
+    # the chat's own bin icon forgets the conversation too, not only what is shown
+    c.chat.clear(lambda: ({}, [], gr.update(value=[], label="文章"), _META_HINT, {}), None,
+                 [state.cites, state.asked, source.view, source.meta, state.saved],
+                 api_visibility="private")
+    hidden.cite_key.change(h.open_cite, [hidden.cite_key, state.cites], [source.view, source.meta, hidden.cite_target],
+                           **quiet).then(None, hidden.cite_target, None, js="(t) => window.ragScrollToExcerpt(t)")
+    hidden.copy_key.change(lambda key, cites: (cites or {}).get(f"{(key or '').split('@')[0]}-copy", ""),
+                           [hidden.copy_key, state.cites], hidden.copied, **quiet).then(
+        None, hidden.copied, None, js="(t) => window.ragCopy(t)")
+
+
+def _wire_browse(h: _Handlers, b: _BrowseTab) -> None:
+    """The 文章浏览 tab's events: a page lists its articles, an article is shown."""
+    b.page.change(h.list_articles, b.page, b.art_pick, api_visibility="private")
+    b.art_pick.change(lambda a: h.article_view(a), b.art_pick, [b.view, b.meta], api_visibility="private")
 
 
 def _remember(messages, cites, asked, turn) -> dict:

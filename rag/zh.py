@@ -10,8 +10,8 @@ from typing import Iterable
 
 __all__ = [
     "HAN", "is_han", "count_han", "is_cjk_punct", "TERMINAL", "MEASURE_WORDS", "ends_sentence", "split_sentences", "fold_width",
-    "tokenize", "words", "add_user_words", "char_bigrams", "bigram_share", "extract_terms", "numbers_in", "STOPWORDS",
-    "place_names", "place_key", "years_in", "relative_years", "RELATIVE_YEARS", "local_place_names", "add_place_names", "spans_word", "to_fullwidth_punct", "cut_words",
+    "Tokenizer", "default_tokenizer", "K1", "B", "tokenize", "words", "char_bigrams", "bigram_share", "extract_terms", "numbers_in", "STOPWORDS",
+    "place_names", "place_key", "years_in", "relative_years", "RELATIVE_YEARS", "local_place_names", "spans_word", "to_fullwidth_punct", "cut_words",
 ]
 
 _HAN_RANGES = ((0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF), (0x20000, 0x2FA1F))
@@ -100,10 +100,12 @@ STOPWORDS = frozenset("""
 _TOKEN_SPLIT_RE = re.compile(r"(\d+(?:\.\d+)?%?|[A-Za-z][A-Za-z0-9\-]*)")
 _jieba_lock = threading.Lock()
 _USERDICT = Path(__file__).parent / "data" / "userdict.txt"
+K1, B = 1.2, 0.75  # the BM25 parameters an index is built with
 
 
 @lru_cache(maxsize=1)
 def _jieba():
+    """jieba's process-wide tokenizer: its dictionary plus rag's userdict, never an index's words."""
     import logging
 
     import jieba
@@ -116,15 +118,109 @@ def _jieba():
     return jieba
 
 
-def add_user_words(words: Iterable[str]) -> None:
-    """Teach the tokenizer local names (places, agencies, programmes) so they stay whole."""
-    jb = _jieba()
-    with _jieba_lock:
-        for w in words:
-            w = w.strip()
-            if len(w) >= 2:
-                jb.add_word(w, freq=2000)
-    _tokenize_cached.cache_clear()
+def _stopwords_sha256(stopwords: Iterable[str]) -> str:
+    import hashlib
+
+    return hashlib.sha256("\n".join(sorted(stopwords)).encode("utf-8")).hexdigest()
+
+
+class Tokenizer:
+    """How one index splits text: its own ``jieba.Tokenizer`` (jieba's dictionary and rag's userdict,
+    copied, plus the index's terms and place names), its stopwords and its BM25 ``k1``/``b``.
+
+    Teaching it words changes no other tokenizer: the default one (``default_tokenizer()``, used
+    where there is no index: segmenting pages, OCR-space repair) and other indexes' stay as they were.
+    """
+
+    def __init__(self, terms: Iterable[str] = (), places: Iterable[str] = (), *,
+                 stopwords: Iterable[str] = STOPWORDS, k1: float = K1, b: float = B, _shared: bool = False):
+        import jieba
+        import jieba.posseg as pseg
+
+        base = _jieba()
+        self.terms = tuple(sorted({w.strip() for w in terms if len(w.strip()) >= 2}))
+        self.places = frozenset(w for w in places if len(w) >= 2)
+        self.stopwords = frozenset(stopwords)
+        self.k1, self.b = float(k1), float(b)
+        if _shared:  # the process-wide dictionary itself (nothing is added to it)
+            self.jieba, self.pos = base.dt, pseg.dt
+        else:
+            # a copy of the loaded dictionary (~0.05 s) instead of a second load from jieba's cache (~3 s)
+            self.jieba = jieba.Tokenizer()
+            with _jieba_lock:
+                pseg.dt.makesure_userdict_loaded()
+                self.jieba.FREQ, self.jieba.total = dict(base.dt.FREQ), base.dt.total
+                tags = dict(pseg.dt.word_tag_tab)
+            self.jieba.initialized = True
+            self.pos = pseg.POSTokenizer.__new__(pseg.POSTokenizer)
+            self.pos.tokenizer, self.pos.word_tag_tab = self.jieba, tags
+            for w in self.terms:
+                self.jieba.add_word(w, freq=2000)
+            for w in sorted(self.places):
+                self.jieba.add_word(w, freq=2000, tag="ns")
+        self._tokens = lru_cache(maxsize=4096)(lambda text: tuple(self._jieba_tokens(text, search=True)))
+        self.memo: dict = {}  # what other modules derive from this tokenizer (question analyses)
+
+    def manifest(self) -> dict:
+        """What an index records of its tokenizer (its terms and places are files beside it)."""
+        return {"stopwords_sha256": _stopwords_sha256(self.stopwords), "k1": self.k1, "b": self.b,
+                "files": {"terms": "terms.txt", "places": "places.txt", "stopwords": "stopwords.txt"}}
+
+    def _jieba_tokens(self, text: str, search: bool) -> list[str]:
+        text = unicodedata.normalize("NFKC", fold_width(text))
+        out: list[str] = []
+        for i, part in enumerate(_TOKEN_SPLIT_RE.split(text)):
+            if not part:
+                continue
+            if i % 2 == 1:  # a number or a Latin word
+                out.append(part.lower())
+                continue
+            for w in (self.jieba.cut_for_search(part) if search else self.jieba.lcut(part, HMM=False)):
+                w = w.strip()
+                if w and w not in self.stopwords and any(is_han(c) or c.isalnum() for c in w):
+                    out.append(w.lower())
+        return out
+
+    def tokenize(self, text: str) -> list[str]:
+        """BM25 tokens: jieba words (search mode, so long names also yield their parts), numbers kept
+        whole, stopwords and punctuation dropped, width folded and Latin lower-cased."""
+        return list(self._tokens(text))
+
+    def words(self, text: str) -> list[str]:
+        """Content words in jieba's precise mode (no overlapping parts), numbers whole, stopwords dropped."""
+        return self._jieba_tokens(text, search=False)
+
+    def cut(self, text: str) -> list[str]:
+        """jieba's precise-mode words, every character kept."""
+        return self.jieba.lcut(text, HMM=False)
+
+    def pos_cut(self, text: str, HMM: bool = False) -> list[tuple[str, str]]:
+        """(word, part of speech) pairs."""
+        return [(p.word, p.flag) for p in self.pos.lcut(text, HMM=HMM)]
+
+    def place_names(self, text: str) -> list[str]:
+        """Place names in a text, in order, as keys (``place_key``): this tokenizer's places, provinces,
+        jieba place words ending in an administrative suffix, and names written before one; generic
+        areas ("全市", "我省", "全国") are left out."""
+        toks = self.pos_cut(fold_width(text))
+        return list(dict.fromkeys(place_key(n) for n in _places_in_tokens(toks, self.places)))
+
+
+@lru_cache(maxsize=1)
+def default_tokenizer() -> Tokenizer:
+    """The tokenizer of text that belongs to no index: jieba's dictionary and rag's userdict."""
+    return Tokenizer(_shared=True)
+
+
+def words(text: str) -> list[str]:
+    """Content words in jieba's precise mode (no overlapping parts), numbers whole, stopwords dropped
+    (the default tokenizer; an index's own is ``Index.tokenizer``)."""
+    return default_tokenizer().words(text)
+
+
+def tokenize(text: str) -> list[str]:
+    """BM25 tokens of the default tokenizer (an index's own is ``Index.tokenizer``)."""
+    return default_tokenizer().tokenize(text)
 
 
 _TERM_RE = re.compile(rf"[“《「『]([{HAN}\dA-Za-z]{{2,12}})[”》」』]")
@@ -133,41 +229,6 @@ _TERM_RE = re.compile(rf"[“《「『]([{HAN}\dA-Za-z]{{2,12}})[”》」』]")
 def extract_terms(text: str) -> set[str]:
     """Quoted names and titles in a text (“五经普”, 《指标管理办法》): candidates for the user dictionary."""
     return {m.group(1) for m in _TERM_RE.finditer(text)}
-
-
-def _jieba_tokens(text: str, search: bool) -> list[str]:
-    """Width-folded, lower-cased jieba words with numbers and Latin words whole, stopwords and
-    punctuation dropped; ``search`` adds the parts of long words (jieba's search mode)."""
-    jb = _jieba()
-    text = unicodedata.normalize("NFKC", fold_width(text))
-    out: list[str] = []
-    for i, part in enumerate(_TOKEN_SPLIT_RE.split(text)):
-        if not part:
-            continue
-        if i % 2 == 1:  # a number or a Latin word
-            out.append(part.lower())
-            continue
-        for w in (jb.cut_for_search(part) if search else jb.lcut(part, HMM=False)):
-            w = w.strip()
-            if w and w not in STOPWORDS and any(is_han(c) or c.isalnum() for c in w):
-                out.append(w.lower())
-    return out
-
-
-def words(text: str) -> list[str]:
-    """Content words in jieba's precise mode (no overlapping parts), numbers whole, stopwords dropped."""
-    return _jieba_tokens(text, search=False)
-
-
-def tokenize(text: str) -> list[str]:
-    """BM25 tokens: jieba words (search mode, so long names also yield their parts), numbers kept
-    whole, stopwords and punctuation dropped, width folded and Latin lower-cased."""
-    return list(_tokenize_cached(text))
-
-
-@lru_cache(maxsize=4096)
-def _tokenize_cached(text: str) -> tuple[str, ...]:
-    return tuple(_jieba_tokens(text, search=True))
 
 
 def char_bigrams(text: str, *, digits_only: bool = True) -> set[str]:
@@ -197,7 +258,6 @@ _GENERIC_PLACE = re.compile(rf"^[全本我各该当每此两多外省市州县�
 # local place names as person names ("格尔木" nr); a common word (v, n, a) before 区 is not a place
 _NAMEISH = ("ns", "nr", "nrt", "nz", "s", "j", "x")
 _YEAR_RE = re.compile(r"(?<!\d)(20\d\d)(?:\s*年)?(?!\d)")
-_places: set[str] = set()  # the place names taught by add_place_names
 
 
 def place_key(name: str) -> str:
@@ -233,18 +293,13 @@ def _places_in_tokens(toks: list[tuple[str, str]], known: set[str]) -> list[str]
 
 
 def place_names(text: str) -> list[str]:
-    """Place names in a text, in order, as keys (``place_key``): names the corpus taught
-    (``add_place_names``), provinces, jieba place words ending in an administrative suffix, and names
-    written before one; generic areas ("全市", "我省", "全国") are left out.
+    """Place names in a text, in order, as keys (``place_key``), by the default tokenizer (an index's
+    own knows the corpus's places: ``Index.tokenizer.place_names``).
 
     >>> place_names("海西州德令哈市的村集体收益")
     ['海西', '德令哈']
     """
-    _jieba()
-    import jieba.posseg as pseg
-
-    toks = [(p.word, p.flag) for p in pseg.lcut(fold_width(text), HMM=False)]
-    return list(dict.fromkeys(place_key(n) for n in _places_in_tokens(toks, _places)))
+    return default_tokenizer().place_names(text)
 
 
 RELATIVE_YEARS = ("前年", "去年")
@@ -266,32 +321,18 @@ def local_place_names(texts: Iterable[str]) -> list[str]:
     """The places a corpus names, found by rule rather than from a list: names written before an
     administrative suffix ("海东市"), jieba place words ending in one ("都兰县"), provinces; each
     also by its key ("海东"). Generic areas ("全市", "开发区") are left out."""
-    _jieba()
-    import jieba.posseg as pseg
-
     found: set[str] = set()
     for text in texts:
-        toks = [(p.word, p.flag) for p in pseg.lcut(fold_width(text), HMM=False)]
+        toks = default_tokenizer().pos_cut(fold_width(text))
         for name in _places_in_tokens(toks, set()):
             found.add(name)
             found.add(place_key(name))
     return sorted(n for n in found if len(n) >= 2)
 
 
-def add_place_names(names: Iterable[str]) -> None:
-    """Teach the tokenizer a corpus's place names, tagged as places (ns)."""
-    jb = _jieba()
-    with _jieba_lock:
-        for w in names:
-            if len(w) >= 2:
-                jb.add_word(w, freq=2000, tag="ns")
-                _places.add(w)
-    _tokenize_cached.cache_clear()
-
-
 def cut_words(text: str) -> list[str]:
     """jieba's precise-mode words of a text, every character kept (no stopword or punctuation dropped)."""
-    return _jieba().lcut(text, HMM=False)
+    return default_tokenizer().cut(text)
 
 
 def spans_word(left: str, right: str) -> bool:

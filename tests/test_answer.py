@@ -90,8 +90,8 @@ def test_prompt_like_text_is_just_a_question(engine):
     ("具体有哪些措施？", ["电子劳动合同有什么好处？"], "电子劳动合同"),
     ("海西州给人才提供住房吗？", ["电子劳动合同有什么好处？"], "海西州给人才提供住房吗？"),
 ])
-def test_follow_up_questions_are_resolved(question, previous, expected):
-    assert expected in resolve_followup(question, previous)
+def test_follow_up_questions_are_resolved(engine, question, previous, expected):
+    assert expected in resolve_followup(question, previous, engine.index.tokenizer)
 
 
 def test_follow_up_in_a_conversation(engine):
@@ -195,7 +195,7 @@ def test_a_question_is_checked_and_analysed_once_into_one_record(engine):
 
     q = engine.question(" 那西宁呢？\u200b", history=["格尔木的开发区在全国排第几？"], filters={"region": "西宁"})
     assert (q.text, q.resolved) == ("那西宁呢？", "西宁的开发区在全国排第几？")
-    assert q.info == analyze_question(q.resolved) and q.info.kind is QuestionKind.RANK and "西宁" in q.info.places
+    assert q.info == analyze_question(q.resolved, engine.index.tokenizer) and q.info.kind is QuestionKind.RANK and "西宁" in q.info.places
     assert q.filters.region == "西宁"
     with pytest.raises(BadInput, match="query is empty"):
         engine.question("   ")

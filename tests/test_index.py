@@ -14,14 +14,15 @@ from rag.errors import IndexFormat, IndexNotFound, IndexStale
 from rag.index import FORMAT_VERSION, check_fresh, load_index
 from rag.ingest import list_pages
 from rag.pipeline import add_pages, build_index, get_engine, index_status
-from rag.zh import tokenize
+from rag.zh import STOPWORDS, Tokenizer, default_tokenizer
 
 from .conftest import DATA, SEEDS, run_cli
 
 
 def test_index_folder_holds_plain_files_with_a_manifest(index_dir):
     names = {p.name for p in index_dir.iterdir()}
-    assert {"manifest.json", "articles.jsonl", "chunks.jsonl", "dense.faiss", "bm25", "terms.txt"} <= names
+    assert {"manifest.json", "articles.jsonl", "chunks.jsonl", "dense.faiss", "bm25", "terms.txt", "places.txt",
+            "stopwords.txt"} <= names
     m = json.loads((index_dir / "manifest.json").read_text(encoding="utf-8"))
     assert m["format_version"] == FORMAT_VERSION
     assert m["model"] == {"name": "bundled:multilingual-e5-small", "dimension": 384, "runtime": "onnx-fp32"}
@@ -31,6 +32,8 @@ def test_index_folder_holds_plain_files_with_a_manifest(index_dir):
     chunks = (index_dir / "chunks.jsonl").read_text(encoding="utf-8").splitlines()
     assert m["counts"]["chunks"] == len(chunks)
     assert not list(index_dir.parent.glob(".index.tmp-*"))
+    assert (m["tokenizer"]["k1"], m["tokenizer"]["b"]) == (1.2, 0.75)
+    assert set((index_dir / "stopwords.txt").read_text(encoding="utf-8").split()) == STOPWORDS
 
 
 def test_rows_line_up_and_faiss_matches_brute_force(engine, encoder):
@@ -47,15 +50,15 @@ def test_rows_line_up_and_faiss_matches_brute_force(engine, encoder):
     assert np.allclose(scores[0], (vectors @ q[0])[brute], atol=1e-5)
 
 
-def test_bm25_matches_a_straightforward_reference(engine):
-    idx = engine.index
-    docs = [tokenize(c.embed_text) for c in idx.chunks]
+def _check_bm25_against_reference(idx, query):
+    """BM25 scores of the index equal Lucene's formula over the index's own tokens and its manifest's k1/b."""
+    docs = [idx.tokenizer.tokenize(c.embed_text) for c in idx.chunks]
     n = len(docs)
     avgdl = sum(len(d) for d in docs) / n
     df = Counter(t for d in docs for t in set(d))
-    k1, b = 1.2, 0.75
-    query = "格尔木昆仑经济技术开发区 排名 跃升"
-    qtok = [t for t in tokenize(query) if t in idx.bm25.vocab_dict]
+    k1, b = idx.manifest["tokenizer"]["k1"], idx.manifest["tokenizer"]["b"]
+    qtok = [t for t in idx.tokenizer.tokenize(query) if t in idx.bm25.vocab_dict]
+    assert qtok
 
     def ref(doc):
         tf = Counter(doc)
@@ -71,14 +74,65 @@ def test_bm25_matches_a_straightforward_reference(engine):
     assert np.abs(got - expected).max() < 2e-3 * max(1.0, expected.max()), np.abs(got - expected).max()
 
 
+def test_bm25_matches_a_straightforward_reference(engine):
+    _check_bm25_against_reference(engine.index, "格尔木昆仑经济技术开发区 排名 跃升")
+
+
 def test_names_learned_from_the_corpus_stay_whole_and_numbers_searchable(index_dir):
     # no word list ships with the package: the index learns the corpus's own names when it is built
-    load_index(index_dir)
-    toks = tokenize("格尔木昆仑经济技术开发区在2023年五经普中柴达木英才计划发放146万元")
+    tok = load_index(index_dir).tokenizer
+    toks = tok.tokenize("格尔木昆仑经济技术开发区在2023年五经普中柴达木英才计划发放146万元")
     for t in ("格尔木", "昆仑", "开发区", "五经普", "柴达木英才", "2023", "146"):
         assert t in toks, (t, toks)
-    assert "的" not in tokenize("海西州的人才")
-    assert "海西州" in tokenize("海西州的人才")
+    assert "的" not in tok.tokenize("海西州的人才")
+    assert "海西州" in tok.tokenize("海西州的人才")
+    # ... for itself only: the default tokenizer (pages, OCR repair) never learns them
+    assert "五经普" not in default_tokenizer().tokenize("在2023年五经普中")
+
+
+def test_loading_an_index_changes_no_other_tokenizer(tmp_path, encoder):
+    """Index A's pages name a made-up park (“青石岭湾”); loading A teaches it to A's tokenizer only."""
+    page = (DATA / "pages" / "bom_page.txt").read_text(encoding="utf-8-sig")
+    made_up = "\n\n新建公园开放\n\n本报讯 城东新建的“青石岭湾”生态公园3月起开放，青石岭湾公园占地120亩，设有步道8公里。\n"
+    for name, text in (("a", page + made_up), ("b", page)):
+        (tmp_path / f"seeds_{name}").mkdir()
+        (tmp_path / f"seeds_{name}" / "page.txt").write_text(text, encoding="utf-8")
+    text = "青石岭湾生态公园在城东"
+    before = default_tokenizer().tokenize(text)
+    assert "青石岭湾" not in before
+    build_index(tmp_path / "seeds_b", tmp_path / "b")
+    b = load_index(tmp_path / "b")
+    b_before = b.tokenizer.tokenize(text)
+    build_index(tmp_path / "seeds_a", tmp_path / "a")
+    a = load_index(tmp_path / "a")
+    assert "青石岭湾" in a.tokenizer.tokenize(text) and "青石岭湾" in a.tokenizer.terms
+    assert default_tokenizer().tokenize(text) == before
+    assert b.tokenizer.tokenize(text) == b_before == load_index(tmp_path / "b").tokenizer.tokenize(text)
+    assert "青石岭湾" not in b_before
+    hits = get_engine(tmp_path / "a").search("青石岭湾", k=1, retriever="bm25")
+    assert hits and "青石岭湾" in hits[0].chunk.text
+
+
+def test_the_manifests_stopwords_and_bm25_parameters_are_the_ones_used(engine, tmp_path):
+    from rag.index import write_index
+
+    idx = engine.index
+    own = Tokenizer(idx.tokenizer.terms, idx.tokenizer.places, stopwords=STOPWORDS | {"公交"}, k1=2.0, b=0.5)
+    write_index(tmp_path / "index", articles=list(idx.articles.values()), chunks=idx.chunks, vectors=idx.vectors(),
+                settings=idx.settings, model_name=idx.model, seeds=idx.manifest["seeds"], terms=list(own.terms),
+                sentences=idx.sentences, sentence_vectors=idx.sentence_vectors, tokenizer=own)
+    m = json.loads((tmp_path / "index" / "manifest.json").read_text(encoding="utf-8"))
+    assert (m["tokenizer"]["k1"], m["tokenizer"]["b"]) == (2.0, 0.5)
+    loaded = load_index(tmp_path / "index")
+    assert (loaded.tokenizer.k1, loaded.tokenizer.b) == (2.0, 0.5)
+    assert "公交" not in loaded.tokenizer.tokenize("城市公交线路调整") and "公交" in idx.tokenizer.tokenize("城市公交线路调整")
+    assert "公交" not in loaded.bm25.vocab_dict
+    _check_bm25_against_reference(loaded, "格尔木昆仑经济技术开发区 排名 跃升")
+    # an index that records no tokenizer (built before it was recorded) is refused with what to run
+    del m["tokenizer"]
+    (tmp_path / "index" / "manifest.json").write_text(json.dumps(m), encoding="utf-8")
+    with pytest.raises(IndexFormat, match="records no tokenizer.*rebuild it with `rag index`"):
+        load_index(tmp_path / "index")
 
 
 def test_missing_and_corrupt_indexes_get_specific_errors(index_dir, tmp_path):

@@ -12,16 +12,14 @@ from rag.evaluate import gold_spans, load_qa
 from rag.query import analyze_question, resolve_followup
 from rag.score import (FEATURES, Evidence, ScoringParams, fact_match, fit_logistic, judge, load_scoring, place_check,
                        relative_year_check, save_scoring, term_coverage, year_check)
-from rag.zh import add_place_names, local_place_names, place_key, place_names, relative_years, years_in
+from rag.zh import Tokenizer, local_place_names, place_key, relative_years, years_in
 
 
 CORPUS = ["西宁市锂电产业集聚区建设提速，深度融入全国市场。", "海西州德令哈市、都兰县、格尔木市和海东市的干部来到全市各区。"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def corpus_places():
-    """The place names an index of CORPUS teaches the tokenizer."""
-    add_place_names(local_place_names(CORPUS))
+# the tokenizer of an index of CORPUS: taught the place names its pages name
+TOK = Tokenizer(places=local_place_names(CORPUS))
 
 
 def test_local_place_names_come_from_the_corpus_by_rule():
@@ -46,7 +44,7 @@ def test_local_place_names_come_from_the_corpus_by_rule():
     ("居住区和工业区的路灯", []),                       # common nouns before 区 are no places
 ])
 def test_place_names(text, places):
-    assert place_names(text) == places
+    assert TOK.place_names(text) == places
 
 
 @pytest.mark.parametrize("name, key", [("海西州", "海西"), ("格尔木市", "格尔木"), ("西宁", "西宁"), ("市", "市"),
@@ -126,7 +124,7 @@ def test_relative_year_check(asked, sentence_rel, sentence_years, article_rel, m
     ("农民一年每人多挣多少？", "人均年增收1.8万元", 0.5),        # a rate: its number counts as any number
 ])
 def test_fact_match(question, sentence, expected):
-    assert fact_match(analyze_question(question), sentence) == expected
+    assert fact_match(analyze_question(question, TOK), sentence) == expected
 
 
 @pytest.mark.parametrize("text, context, expected", [
@@ -137,7 +135,7 @@ def test_fact_match(question, sentence, expected):
 ])
 def test_term_coverage(text, context, expected):
     idf = {"西宁": 2.0, "锂电池": 3.0, "产能": 2.0}
-    info = analyze_question("西宁的锂电池产能是多少？")
+    info = analyze_question("西宁的锂电池产能是多少？", TOK)
     assert info.terms == ("西宁", "锂电池", "产能")
     assert term_coverage(info, text, idf, context=context) == pytest.approx(expected)
 
@@ -211,7 +209,7 @@ def test_gold_spans_tolerate_repair_changes(text, gold, found):
     ("去年呢？", ["海西村均集体经济收益多少？"], "去年海西村均集体经济收益多少？"),    # a time, not a place
 ])
 def test_follow_ups_substitute_the_entity(question, previous, expected):
-    assert resolve_followup(question, previous) == expected
+    assert resolve_followup(question, previous, TOK) == expected
 
 
 def test_load_qa_reads_kinds_pages_and_histories(tmp_path):
