@@ -55,12 +55,12 @@ def main() -> None:
     import numpy as np
 
     from rag.chunk import chunk_articles
-    from rag.config import Settings
+    from rag.config import ModelSettings
     from rag.embed import resolve_model
     from rag.evaluate import load_qa
     from rag.pipeline import load_articles
 
-    model_dir = resolve_model(Settings())
+    model_dir = resolve_model(ModelSettings())
     texts = [c.embed_text for c in chunk_articles(load_articles(ROOT / "seeds"))]
     texts = texts[: args.passages] if args.passages else texts
     queries = [q.question for q in load_qa(ROOT / "tests" / "data" / "qa.jsonl")]

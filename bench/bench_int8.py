@@ -19,14 +19,14 @@ sys.path.insert(0, str(ROOT))
 
 def main(variant: str) -> None:
     import rag.embed as embed
-    from rag.config import Settings
+    from rag.config import ModelSettings
     from rag.evaluate import evaluate_heldout, evaluate_retrieval, load_qa
     from rag.onnxenc import OnnxEncoder
     from rag.pipeline import build_index, get_engine
 
     if variant not in ("fp32", "int8"):
         sys.exit(f"variant must be fp32 or int8, got {variant!r}")
-    model_dir = embed.resolve_model(Settings())
+    model_dir = embed.resolve_model(ModelSettings())
     tmp = Path(tempfile.mkdtemp(prefix="bench-int8-"))
     try:
         graph = None

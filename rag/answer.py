@@ -8,7 +8,7 @@ import re
 
 import numpy as np
 
-from .config import Settings
+from .config import AnswerSettings
 from .index import Index
 from .query import Question, QuestionInfo
 from .score import Evidence, ScoringParams, evidence_of_hits, judge, load_scoring
@@ -163,7 +163,7 @@ def _surface(query: str, key: str) -> str:
     return m.group(0) if m else key
 
 
-def compose_answer(index: Index, question: Question, hits: list[Hit], settings: Settings,
+def compose_answer(index: Index, question: Question, hits: list[Hit], settings: AnswerSettings,
                    *, query_vector: np.ndarray | None = None, scoring: ScoringParams | None = None) -> Answer:
     """Answer from the hits: the best one to three sentences, the enumerated items for a 哪些/措施
     question, a partial answer when only the place or year is wrong, or a refusal."""
@@ -172,7 +172,7 @@ def compose_answer(index: Index, question: Question, hits: list[Hit], settings: 
     params = scoring or load_scoring()
     info = question.info
     evidence = evidence_of_hits(index, info, hits, query_vector, params)
-    limit = 2 if info.kind.asks_a_figure else settings.max_answer_sentences
+    limit = 2 if info.kind.asks_a_figure else settings.max_sentences
     verdict = judge(evidence, params, limit=limit)
     if verdict.chosen:
         best = verdict.chosen[0]

@@ -95,7 +95,7 @@ def _checked(text: str, settings: Settings, field: str) -> str:
     from .retrieve import check_query
 
     try:
-        return check_query(text, settings)
+        return check_query(text, settings.answer)
     except BadInput as exc:
         err = from_rag_error(exc)
         err.param = field
@@ -233,7 +233,7 @@ def build_server(index_dir: str | Path = "index", seeds: str | Path | None = "se
         return {"status": "ok", "index": {"loaded": True, "built_at": man.get("built_at"),
                                           "format_version": man.get("format_version"), "counts": man.get("counts"),
                                           "dense_index": man.get("dense_index")},
-                "model": eng.index.model, "answer_modes": sorted(MODELS), "default_mode": eng.settings.answer_mode}
+                "model": eng.index.model, "answer_modes": sorted(MODELS), "default_mode": eng.settings.answer.mode}
 
     @app.post("/api/ask", tags=["rest"])
     async def api_ask(body: AskRequest):
@@ -242,7 +242,7 @@ def build_server(index_dir: str | Path = "index", seeds: str | Path | None = "se
         eng = engine()
         filters = _filters(body.filters, eng)
         _checked(body.question, eng.settings, "question")
-        ans = await run(body.mode or eng.settings.answer_mode, eng.ask, body.question, history=body.history,
+        ans = await run(body.mode or eng.settings.answer.mode, eng.ask, body.question, history=body.history,
                         k=body.k, retriever=body.retriever, mode=body.mode, filters=filters)
         return ans.to_json()
 

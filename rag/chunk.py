@@ -1,7 +1,7 @@
 """Article -> chunks of a few whole sentences, with whole-sentence overlap, never crossing articles."""
 from __future__ import annotations
 
-from .config import Settings
+from .config import ChunkSettings
 from .types import Article, Chunk
 from .zh import split_sentences
 
@@ -22,28 +22,28 @@ def _long_sentence_parts(text: str, s: int, e: int, limit: int) -> list[tuple[in
     return parts
 
 
-def chunk_article(article: Article, settings: Settings | None = None) -> list[Chunk]:
+def chunk_article(article: Article, settings: ChunkSettings | None = None) -> list[Chunk]:
     """Split one article into chunks of ``chunk_sentences`` sentences overlapping by ``chunk_overlap``.
 
     ``chunk.text`` is ``article.text[chunk.start:chunk.end]``; ``embed_text`` prefixes the title.
 
     >>> from rag.types import Article
     >>> a = Article(article_id="p-01", title="标题", text="一。二。三。四。", source="p.txt")
-    >>> [c.text for c in chunk_article(a, Settings(chunk_sentences=2, chunk_overlap=1))]
+    >>> [c.text for c in chunk_article(a, ChunkSettings(sentences=2, overlap=1))]
     ['一。二。', '二。三。', '三。四。']
     """
-    settings = settings or Settings()
+    settings = settings or ChunkSettings()
     sents: list[tuple[int, int]] = []
     for s, e in split_sentences(article.text):
-        sents.extend(_long_sentence_parts(article.text, s, e, settings.chunk_max_chars))
+        sents.extend(_long_sentence_parts(article.text, s, e, settings.max_chars))
     if not sents:
         return []
     chunks: list[Chunk] = []
     i = 0
-    step_max = settings.chunk_sentences
+    step_max = settings.sentences
     while i < len(sents):
         j = i + 1
-        while j < len(sents) and j - i < step_max and sents[j][1] - sents[i][0] <= settings.chunk_max_chars:
+        while j < len(sents) and j - i < step_max and sents[j][1] - sents[i][0] <= settings.max_chars:
             j += 1
         start, end = sents[i][0], sents[j - 1][1]
         text = article.text[start:end]
@@ -53,11 +53,11 @@ def chunk_article(article: Article, settings: Settings | None = None) -> list[Ch
                             embed_text=f"{head}\n{text}" if head else text))
         if j >= len(sents):
             break
-        i = max(i + 1, j - settings.chunk_overlap)
+        i = max(i + 1, j - settings.overlap)
     return chunks
 
 
-def chunk_articles(articles: list[Article], settings: Settings | None = None) -> list[Chunk]:
+def chunk_articles(articles: list[Article], settings: ChunkSettings | None = None) -> list[Chunk]:
     """Chunks of every article, in article order."""
     out: list[Chunk] = []
     for a in articles:

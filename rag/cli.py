@@ -31,7 +31,7 @@ def _settings(args: argparse.Namespace):
         kw["answer_mode"] = args.mode
     if getattr(args, "llm_model", None):
         kw["llm_model"] = args.llm_model
-    return Settings(**kw)
+    return Settings.of(**kw)
 
 
 def _cmd_articles(args: argparse.Namespace) -> int:
@@ -170,7 +170,7 @@ def _check_first(text: str | None) -> None:
         from .ingest import argument_text, clean_question
         from .retrieve import check_query
 
-        check_query(clean_question(argument_text(text))[0], Settings())
+        check_query(clean_question(argument_text(text))[0], Settings().answer)
 
 
 def _cmd_search(args: argparse.Namespace) -> int:

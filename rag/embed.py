@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import BUNDLED_MODEL, Settings
+from .config import BUNDLED_MODEL, ModelSettings
 from .errors import BadInput, ModelError
 
 __all__ = ["Encoder", "get_encoder", "resolve_model", "bundled_model_dir", "encoder_runtime"]
@@ -35,11 +35,11 @@ def bundled_model_dir(cache_dir: Path) -> Path:
     return cache_dir / "models" / f"multilingual-e5-small-{key}"
 
 
-def resolve_model(settings: Settings) -> str:
+def resolve_model(settings: ModelSettings) -> str:
     """The model to load: a folder path for the bundled model (converting it on first use), else the
     name or path from the settings, unchanged."""
-    if settings.model != BUNDLED_MODEL:
-        return settings.model
+    if settings.name != BUNDLED_MODEL:
+        return settings.name
     from .bundled import FORMAT, bundled_weight_path, convert
 
     from .onnxenc import export_onnx, onnx_ready
@@ -59,7 +59,7 @@ def resolve_model(settings: Settings) -> str:
     return str(target)
 
 
-def encoder_runtime(settings: Settings) -> str:
+def encoder_runtime(settings: ModelSettings) -> str:
     """Which runtime encodes for these settings: "onnx-fp32" for the bundled model, unless
     ``RAG_ENCODER=torch``; "sentence-transformers" for any other model. Both give the bundled model
     the same vectors (cosine >= 0.9999 in tests/test_embed.py), so an index built by one is queried
@@ -67,7 +67,7 @@ def encoder_runtime(settings: Settings) -> str:
     choice = os.environ.get("RAG_ENCODER", "").strip().lower()
     if choice not in ("", "onnx", "torch"):
         raise BadInput(f"RAG_ENCODER must be 'onnx' or 'torch', got {choice!r}")
-    if settings.model == BUNDLED_MODEL and choice != "torch":
+    if settings.name == BUNDLED_MODEL and choice != "torch":
         from .onnxenc import RUNTIME
 
         return RUNTIME
@@ -118,22 +118,22 @@ class Encoder:
         return self._encode(texts, self._passage_prompt, batch_size)
 
 
-def get_encoder(settings: Settings | None = None) -> "Encoder | OnnxEncoder":
+def get_encoder(settings: ModelSettings | None = None) -> "Encoder | OnnxEncoder":
     """The process-wide encoder for these settings (loaded on first call): see ``encoder_runtime``."""
-    settings = settings or Settings()
+    settings = settings or ModelSettings()
     runtime = encoder_runtime(settings)
-    key = (settings.model, str(settings.cache_path()), runtime)
+    key = (settings.name, str(settings.cache_path()), runtime)
     with _lock:
         enc = _encoders.get(key)
         if enc is None:
             ref = resolve_model(settings)
             if runtime == Encoder.runtime:
-                enc = Encoder(ref, settings.model)
+                enc = Encoder(ref, settings.name)
             else:
                 from .onnxenc import OnnxEncoder, export_onnx
 
                 try:
-                    enc = OnnxEncoder(ref, settings.model)
+                    enc = OnnxEncoder(ref, settings.name)
                 except ModelError as exc:  # damaged files that still had their recorded sizes: write them again
                     log.warning("%s; writing it again", exc)
                     try:
@@ -141,6 +141,6 @@ def get_encoder(settings: Settings | None = None) -> "Encoder | OnnxEncoder":
                     except OSError as err:
                         raise ModelError(f"cannot write the model cache {ref}: {err.strerror}; set RAG_CACHE to "
                                          f"a writable folder") from None
-                    enc = OnnxEncoder(ref, settings.model)
+                    enc = OnnxEncoder(ref, settings.name)
             _encoders[key] = enc
         return enc

@@ -146,7 +146,7 @@ def evaluate_retrieval(engine, items: list[QAItem], *, retriever: str | None = N
                            "top": hits[0].chunk.text[:60] if hits else ""})
     n = len(ranks)
     return {
-        "retriever": retriever or engine.settings.retriever, "questions": n,
+        "retriever": retriever or engine.settings.retrieval.retriever, "questions": n,
         "recall@1": round(sum(1 for r in ranks if r == 1) / n, 4) if n else 0.0,
         f"recall@{k}": round(sum(1 for r in ranks if r is not None) / n, 4) if n else 0.0,
         "mrr": round(sum(1 / r for r in ranks if r) / n, 4) if n else 0.0,
@@ -261,8 +261,8 @@ def collect_evidence(engine, items: list[QAItem], base: ScoringParams | None = N
     for item in items:
         q = _resolved(item, engine).strip()
         vec = engine.query_vectors([q])[0] if hasattr(engine, "query_vectors") else engine.encoder.encode_queries([q])[0]
-        ranked = fused_ranking(index, q, settings=settings, query_vector=vec, retriever=settings.retriever,
-                               n=max(settings.candidates, base.rerank_depth))
+        ranked = fused_ranking(index, q, settings=settings.retrieval, query_vector=vec, retriever=settings.retrieval.retriever,
+                               n=max(settings.retrieval.candidates, base.rerank_depth))
         depth = [(row, rank) for rank, (row, _) in enumerate(ranked[: base.rerank_depth], start=1)]
         evidence = gather_evidence(index, analyze_question(q, index.tokenizer), vec, depth, base)
         labels = []

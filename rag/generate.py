@@ -62,10 +62,10 @@ def generate_answer(index: Index, question: Question, hits: list[Hit], settings:
         if stream is None:
             from .llm import build_messages, get_llm
 
-            llm = get_llm(settings.llm_model, settings.cache_path(), extra_bufts=settings.llm_extra_bufts)
-            stream = llm.generate(build_messages(question.resolved, excerpts), max_tokens=settings.llm_max_tokens,
-                                  timeout_s=settings.llm_timeout_s, cancel=cancel, on_status=on_status)
-        limit = 8 * settings.llm_max_tokens  # characters: an answer that runs on is cut off here
+            llm = get_llm(settings.llm.model, settings.model.cache_path(), extra_bufts=settings.llm.extra_bufts)
+            stream = llm.generate(build_messages(question.resolved, excerpts), max_tokens=settings.llm.max_tokens,
+                                  timeout_s=settings.llm.timeout_s, cancel=cancel, on_status=on_status)
+        limit = 8 * settings.llm.max_tokens  # characters: an answer that runs on is cut off here
         try:
             for piece in stream:
                 if first_ms is None:

@@ -181,7 +181,7 @@ def write_index(out_dir: str | Path, *, articles: list[Article], chunks: list[Ch
         by_id = {a.article_id: a for a in articles}
         store_entry = build_store(tmp, out_dir, store, chunks=chunks,
                                   tokens=[tokenizer.tokenize(c.embed_text) for c in chunks], vectors=vectors,
-                                  articles=by_id, exact_search_max=settings.exact_search_max,
+                                  articles=by_id, exact_search_max=settings.retrieval.exact_search_max,
                                   k1=tokenizer.k1, b=tokenizer.b)
         for name, items in (("terms.txt", tokenizer.terms), ("places.txt", tokenizer.places),
                             ("stopwords.txt", tokenizer.stopwords)):

@@ -1,6 +1,8 @@
 """The only place that chains the stages: pages -> articles -> chunks -> index -> hits -> answers."""
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -201,16 +203,16 @@ def _build_index(seeds: str | Path, index_dir: str | Path, *, settings: Settings
     t0 = time.perf_counter()
     pages = list_pages(seeds)
     articles = load_articles(seeds, pages=pages)
-    chunks = chunk_articles(articles, settings)
+    chunks = chunk_articles(articles, settings.chunk)
     _check_page_limits(articles, chunks)
-    encoder = get_encoder(settings)
-    log.info("embedding %d chunks of %d articles with %s", len(chunks), len(articles), settings.model)
-    staging = Staging(index_dir, f"{settings.model}|{encoder.runtime}")
+    encoder = get_encoder(settings.model)
+    log.info("embedding %d chunks of %d articles with %s", len(chunks), len(articles), settings.model.name)
+    staging = Staging(index_dir, f"{settings.model.name}|{encoder.runtime}")
     tokenizer = _tokenizer(articles)
     sentences, sentence_vectors, vectors, reused = _sentences(articles, encoder, chunks=chunks, staging=staging,
                                                               tokenizer=tokenizer)
     write_index(index_dir, articles=articles, chunks=chunks, vectors=vectors, settings=settings, tokenizer=tokenizer,
-                model_name=settings.model, seeds=seed_hashes(pages), terms=_terms(articles),
+                model_name=settings.model.name, seeds=seed_hashes(pages), terms=_terms(articles),
                 sentences=sentences, sentence_vectors=sentence_vectors, page_meta_sha256=sidecar_hash(seeds),
                 model_runtime=encoder.runtime, store=store)
     staging.clear()
@@ -308,7 +310,7 @@ def _remove_pages(names: list[str], index_dir: Path, seeds: Path) -> dict:
                 moved.append((aside, seeds / name))
             set_sidecar_entry(seeds, name, None)
         tokenizer = _tokenizer(articles)
-        sentences, sentence_vectors, _, _ = _sentences(articles, get_encoder(index.settings), old=index,
+        sentences, sentence_vectors, _, _ = _sentences(articles, get_encoder(index.settings.model), old=index,
                                                        tokenizer=tokenizer)
         hashes = {k: v for k, v in index.manifest.get("seeds", {}).items() if k not in names}
         write_index(index_dir, articles=articles, chunks=[index.chunks[i] for i in rows],
@@ -332,8 +334,8 @@ def _add_pages(files: list[str | Path], index_dir: str | Path, *, seeds: str | P
 
     index = load_index(index_dir)
     settings = settings or index.settings
-    if settings.model != index.model:
-        raise IndexFormat(f"index at {index_dir} was built with model {index.model!r}, not {settings.model!r}; "
+    if settings.model.name != index.model:
+        raise IndexFormat(f"index at {index_dir} was built with model {index.model!r}, not {settings.model.name!r}; "
                           f"rebuild it with `rag index` to change models")
     settings = index.settings
     paths = [Path(f) for f in files]
@@ -345,9 +347,9 @@ def _add_pages(files: list[str | Path], index_dir: str | Path, *, seeds: str | P
     kept_ids = {a.article_id for a in kept_articles}
     rows = [i for i, c in enumerate(index.chunks) if c.article_id in kept_ids]
     old_vectors = index.vectors()[rows] if rows else index.vectors()[:0]
-    new_chunks = chunk_articles(new_articles, settings)
+    new_chunks = chunk_articles(new_articles, settings.chunk)
     _check_page_limits(new_articles, new_chunks)
-    encoder = get_encoder(settings)
+    encoder = get_encoder(settings.model)
     articles = kept_articles + new_articles
     staging = Staging(index_dir, f"{index.model}|{encoder.runtime}")
     tokenizer = _tokenizer(articles)
@@ -381,7 +383,7 @@ def index_status(seeds: str | Path = "seeds", index_dir: str | Path = "index",
                  settings: Settings | None = None) -> str:
     """'missing', 'stale' (pages, model or format changed, or files damaged) or 'fresh'."""
     try:
-        index = load_index(index_dir, model=(settings or Settings()).model)
+        index = load_index(index_dir, model=(settings or Settings()).model.name)
     except IndexNotFound:
         return "missing"
     except IndexFormat as exc:
@@ -412,10 +414,10 @@ class Engine:
     def encoder(self):
         from .embed import get_encoder
 
-        enc = get_encoder(self.settings)
+        enc = get_encoder(self.settings.model)
         if enc.dimension != self.index.dimension:
             raise IndexFormat(f"index at {self.index.path} holds {self.index.dimension}-dimensional vectors but the "
-                              f"model {self.settings.model!r} makes {enc.dimension}; rebuild with `rag index`")
+                              f"model {self.settings.model.name!r} makes {enc.dimension}; rebuild with `rag index`")
         return enc
 
     def query_vectors(self, queries: list[str]) -> "np.ndarray":
@@ -440,11 +442,11 @@ class Engine:
         Raises:
             BadInput: an empty, over-long or wordless question, or a bad filter.
         """
-        text = check_query(text, self.settings)
+        text = check_query(text, self.settings.answer)
         resolved = resolve_followup(text, [h for h in (history or []) if isinstance(h, str)], self.index.tokenizer)
         if filters is not None and not isinstance(filters, Filters):
             filters = Filters.from_dict(filters)
-        return Question.of(text, resolved=check_query(resolved, self.settings), filters=filters,
+        return Question.of(text, resolved=check_query(resolved, self.settings.answer), filters=filters,
                            tokenizer=self.index.tokenizer)
 
     def search(self, query: str | Question, *, k: int | None = None, retriever: str | None = None,
@@ -459,12 +461,12 @@ class Engine:
             BadInput: a bad query or filter, or filters that no article of the index is inside (said in Chinese).
         """
         question = query if isinstance(query, Question) else self.question(query, filters=filters)
-        mode = Retriever.parse(retriever or self.settings.retriever, "retriever")
+        mode = Retriever.parse(retriever or self.settings.retrieval.retriever, "retriever")
         allowed = self.allowed_rows(question.filters)
         vector = query_vector
-        if vector is None and (mode is not Retriever.BM25 or self.settings.rerank):
+        if vector is None and (mode is not Retriever.BM25 or self.settings.retrieval.rerank):
             vector = self.query_vectors([question.resolved])[0]
-        return _search(self.index, question, k=self.settings.top_k if k is None else k, settings=self.settings,
+        return _search(self.index, question, k=self.settings.retrieval.top_k if k is None else k, settings=self.settings.retrieval,
                        query_vector=vector, retriever=mode, scoring=scoring, allowed=allowed,
                        filters=question.filters)
 
@@ -498,13 +500,13 @@ class Engine:
         >>> get_engine("index").ask("格尔木的开发区在全国排第几？").answer  # doctest: +SKIP
         '格尔木昆仑经济技术开发区在全国230家国家级经济技术开发区中位列128位。[1]'
         """
-        mode = AnswerMode.parse(mode or self.settings.answer_mode, "answer mode")
+        mode = AnswerMode.parse(mode or self.settings.answer.mode, "answer mode")
         t0 = time.perf_counter()
         q = self.question(question, history=history, filters=filters)
         vector = self.query_vectors([q.resolved])[0]
         hits = self.search(q, k=k, retriever=retriever, scoring=scoring, query_vector=vector)
         t1 = time.perf_counter()
-        answer = compose_answer(self.index, q, hits, self.settings, query_vector=vector, scoring=scoring)
+        answer = compose_answer(self.index, q, hits, self.settings.answer, query_vector=vector, scoring=scoring)
         t2 = time.perf_counter()
         timings = {"retrieve_ms": round((t1 - t0) * 1000, 1), "answer_ms": round((t2 - t1) * 1000, 1)}
         if mode is AnswerMode.LLM:
@@ -555,15 +557,19 @@ def get_engine(index_dir: str | Path = "index", *, seeds: str | Path | None = No
     stale index is refused, each with a message saying what to run.
     """
     base = settings or Settings()
-    key = (str(Path(index_dir).resolve()), model, tuple(sorted(base.to_dict().items())),
+    key = (str(Path(index_dir).resolve()), model, json.dumps(base.to_dict(), sort_keys=True, default=str),
            tuple(sorted(overrides.items())))
     with _engines_lock:
         engine = _engines.get(key)
         if engine is None:
             index = load_index(index_dir, model=model)
-            shaped = {name: getattr(index.settings, name) for name in INDEX_SETTINGS}
-            shaped["model"] = index.model  # the model the manifest says built the vectors
-            merged = base.replace(**shaped, **overrides)
+            merged = base
+            for section, name in INDEX_SETTINGS:  # what shaped the index is the manifest's
+                value = getattr(getattr(index.settings, section), name)
+                if (section, name) == ("model", "name"):
+                    value = index.model  # the model the manifest says built the vectors
+                merged = dataclasses.replace(merged, **{section: dataclasses.replace(getattr(merged, section), **{name: value})})
+            merged = merged.replace(**overrides)
             engine = Engine(index, merged)
             _engines[key] = engine
     if seeds is not None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .config import Settings
+from .config import AnswerSettings, RetrievalSettings
 from .errors import BadInput
 from .index import Index
 from .ingest import clean_question
@@ -18,7 +18,7 @@ __all__ = ["check_query", "dense_ranking", "bm25_ranking", "fuse_ranks", "fused_
 MAX_K = 100
 
 
-def check_query(query: object, settings: Settings) -> str:
+def check_query(query: object, settings: AnswerSettings) -> str:
     """Validate a query and return it stripped of spaces and of control and zero-width characters
     (so the chat and the API answer ``格尔木\x07的开发区…`` as the CLI does); raise BadInput
     saying what was wrong."""
@@ -75,7 +75,7 @@ def _dedupe(index: Index, ranked: list[tuple[int, float]], k: int) -> list[tuple
     return kept
 
 
-def fused_ranking(index: Index, query: str, *, settings: Settings, query_vector: np.ndarray | None,
+def fused_ranking(index: Index, query: str, *, settings: RetrievalSettings, query_vector: np.ndarray | None,
                   retriever: str, n: int, allowed: np.ndarray | None = None, filters=None) -> list[tuple[int, float]]:
     """(chunk row, fused score) pairs of the dense and/or BM25 rankings, best first, before the rerank
     (the hybrid is the store's: reciprocal rank fusion, ``fuse_ranks``)."""
@@ -87,7 +87,7 @@ def fused_ranking(index: Index, query: str, *, settings: Settings, query_vector:
                               weights=(settings.dense_weight, settings.bm25_weight), k=settings.rrf_k)
 
 
-def search(index: Index, query: str | Question, *, k: int = 5, settings: Settings | None = None,
+def search(index: Index, query: str | Question, *, k: int = 5, settings: RetrievalSettings | None = None,
            query_vector: np.ndarray | None = None, retriever: str | None = None,
            scoring: ScoringParams | None = None, allowed: np.ndarray | None = None, filters=None) -> list[Hit]:
     """The top ``k`` chunks for a query, by the configured retriever (hybrid, bm25 or dense), reranked
@@ -98,9 +98,9 @@ def search(index: Index, query: str | Question, *, k: int = 5, settings: Setting
     ``allowed`` the chunk rows a filter leaves (None: all), searched exactly; ``filters`` the
     ``meta.Filters`` they came from (a milvus store searches with them as an expression).
     """
-    settings = settings or index.settings
+    settings = settings or index.settings.retrieval
     mode = Retriever.parse(retriever or settings.retriever, "retriever")
-    question = query if isinstance(query, Question) else Question.of(check_query(query, settings), tokenizer=index.tokenizer)
+    question = query if isinstance(query, Question) else Question.of(check_query(query, index.settings.answer), tokenizer=index.tokenizer)
     q = question.resolved
     k = check_k(k)
     params = scoring or load_scoring()

@@ -605,6 +605,6 @@ def evidence_of_hits(index, info: QuestionInfo, hits, query_vector: np.ndarray |
     if query_vector is None:
         from .embed import get_encoder
 
-        query_vector = get_encoder(index.settings).encode_queries([info.text])[0]
+        query_vector = get_encoder(index.settings.model).encode_queries([info.text])[0]
     rows = {c.chunk_id: i for i, c in enumerate(index.chunks)}
     return gather_evidence(index, info, query_vector, [(rows[h.chunk.chunk_id], h.rank) for h in hits], params)

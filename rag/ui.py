@@ -95,14 +95,14 @@ def build_app(index_dir: str | Path = "index", seeds: str | Path | None = "seeds
 
     backend = _Backend(index_dir, seeds, settings)
     all_articles = backend.articles()
-    handlers = _handlers(gr, backend, (settings or Settings()).max_question_chars)
+    handlers = _handlers(gr, backend, (settings or Settings()).answer.max_question_chars)
     with gr.Blocks(title="本地政策新闻问答") as demo:
         _header(gr, backend)
         state = _conversation_state(gr)
         with gr.Tab("问答"):
             with gr.Row():
                 chat = _chat_column(gr, all_articles, _usable_examples(backend),
-                                    settings.answer_mode if settings else "extractive")
+                                    settings.answer.mode if settings else "extractive")
                 source = _source_panel(gr)
             hidden = _hidden_boxes(gr)
         with gr.Tab("文章浏览"):

@@ -178,12 +178,12 @@ def test_choices_are_enums_checked_in_one_place():
     from rag.types import Answer, AnswerKind, FallbackReason, Retriever
 
     with pytest.raises(BadInput, match=r"^retriever must be hybrid, bm25 or dense, got 'grep'$"):
-        Settings(retriever="grep")
+        Settings.of(retriever="grep")
     with pytest.raises(BadInput, match=r"^answer mode must be extractive or llm, got 'magic'$"):
-        Settings(answer_mode="magic")
-    assert Settings(retriever="bm25").retriever is Retriever.BM25
+        Settings.of(answer_mode="magic")
+    assert Settings.of(retriever="bm25").retrieval.retriever is Retriever.BM25
     # the manifest and the JSON see plain strings
-    assert json.loads(json.dumps(Settings().to_dict()))["retriever"] == "hybrid"
+    assert json.loads(json.dumps(Settings().to_dict()))["retrieval"]["retriever"] == "hybrid"
     fell = Answer("q", "a", False, mode=AnswerKind.FALLBACK,
                   fallback_reason=f"{FallbackReason.MODEL_FAILED}: the worker process died")
     assert fell.fallback is FallbackReason.MODEL_FAILED and Answer("q", "a", False).fallback is None

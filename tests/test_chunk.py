@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from rag.chunk import chunk_article, chunk_articles
-from rag.config import Settings
+from rag.config import ChunkSettings
 from rag.types import Article
 from rag.zh import split_sentences
 
@@ -21,7 +21,7 @@ def test_split_sentences(text, sentences):
 
 
 def test_chunks_are_whole_sentences_with_overlap_and_exact_offsets(articles):
-    settings = Settings()
+    settings = ChunkSettings()
     for art in articles:
         chunks = chunk_article(art, settings)
         assert chunks, art.article_id
@@ -31,7 +31,7 @@ def test_chunks_are_whole_sentences_with_overlap_and_exact_offsets(articles):
             assert c.article_id == art.article_id
             assert art.text[c.start:c.end] == c.text
             assert c.embed_text.endswith(c.text) and art.title in c.embed_text
-            if len(c.text) < settings.chunk_max_chars:  # only an over-long sentence is cut at a comma
+            if len(c.text) < settings.max_chars:  # only an over-long sentence is cut at a comma
                 assert c.start in starts and c.end in ends
         for a, b in zip(chunks, chunks[1:]):
             if len(split_sentences(a.text)) > 1:
@@ -55,5 +55,5 @@ def test_chunks_never_cross_articles(articles):
 def test_a_very_long_sentence_is_cut_at_clauses():
     text = "，".join(["格尔木市持续推进城市更新项目建设"] * 40) + "。"
     art = Article(article_id="x-01", title="长句", text=text, source="x.txt")
-    chunks = chunk_article(art, Settings(chunk_max_chars=120))
+    chunks = chunk_article(art, ChunkSettings(max_chars=120))
     assert len(chunks) > 3 and all(len(c.text) <= 120 for c in chunks)

@@ -25,10 +25,10 @@ def reference():
 @pytest.fixture(scope="session")
 def torch_encoder():
     """The sentence-transformers reference for the same bundled folder (RAG_ENCODER=torch)."""
-    from rag.config import Settings
+    from rag.config import ModelSettings
     from rag.embed import Encoder, resolve_model
 
-    return Encoder(resolve_model(Settings()), "bundled-torch")
+    return Encoder(resolve_model(ModelSettings()), "bundled-torch")
 
 
 @pytest.fixture(scope="session")
@@ -200,25 +200,25 @@ def test_fast_tokenizer_gives_the_reference_ids_on_every_seed_text(encoder, torc
 
 
 def test_runtime_is_chosen_by_model_and_setting(monkeypatch):
-    from rag.config import Settings
+    from rag.config import ModelSettings
     from rag.embed import encoder_runtime
     from rag.errors import BadInput
 
-    assert encoder_runtime(Settings()) == "onnx-fp32"
-    assert encoder_runtime(Settings(model="BAAI/bge-small-zh-v1.5")) == "sentence-transformers"
+    assert encoder_runtime(ModelSettings()) == "onnx-fp32"
+    assert encoder_runtime(ModelSettings(name="BAAI/bge-small-zh-v1.5")) == "sentence-transformers"
     monkeypatch.setenv("RAG_ENCODER", "torch")
-    assert encoder_runtime(Settings()) == "sentence-transformers"
+    assert encoder_runtime(ModelSettings()) == "sentence-transformers"
     monkeypatch.setenv("RAG_ENCODER", "tensorflow")
     with pytest.raises(BadInput, match="RAG_ENCODER must be 'onnx' or 'torch', got 'tensorflow'"):
-        encoder_runtime(Settings())
+        encoder_runtime(ModelSettings())
 
 
 def _copy_model(tmp_path):
     """A private copy of the converted bundled folder in a cache of its own (hard links: no 500 MB copy)."""
-    from rag.config import Settings
+    from rag.config import ModelSettings
     from rag.embed import bundled_model_dir, resolve_model
 
-    src = resolve_model(Settings())
+    src = resolve_model(ModelSettings())
     cache = tmp_path / "cache"
     dst = bundled_model_dir(cache)
     dst.parent.mkdir(parents=True)

@@ -178,5 +178,5 @@ def test_output_past_the_character_limit_is_not_repaired_into_an_answer(engine):
     endless = itertools.cycle(["试点企业签订合同182份[1]。", "还有更多"])
     ans = generate_answer(engine.index, engine.question(q), engine.search(q), engine.settings, base, stream=endless)
     assert ans.mode == "extractive-fallback" and ans.check["finish_reason"] == "length"
-    assert len(ans.check["model_answer"]) <= 8 * engine.settings.llm_max_tokens + 40
+    assert len(ans.check["model_answer"]) <= 8 * engine.settings.llm.max_tokens + 40
     assert ans.answer == base.answer and "182" in ans.answer

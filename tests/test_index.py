@@ -248,9 +248,9 @@ def test_large_indexes_switch_to_hnsw_and_record_it(tmp_path, encoder):
     seeds.mkdir()
     for name in ("bom_page.txt", "gbk_page.txt"):
         shutil.copy(DATA / "pages" / name, seeds / name)
-    build_index(seeds, tmp_path / "index", settings=Settings(exact_search_max=1))
+    build_index(seeds, tmp_path / "index", settings=Settings.of(exact_search_max=1))
     m = json.loads((tmp_path / "index" / "manifest.json").read_text(encoding="utf-8"))
-    assert m["dense_index"] == "hnsw-flat-ip" and m["settings"]["exact_search_max"] == 1
+    assert m["dense_index"] == "hnsw-flat-ip" and m["settings"]["retrieval"]["exact_search_max"] == 1
     hits = get_engine(tmp_path / "index").search("垃圾分类投放点新建多少个？", k=2)
     assert hits and "120" in hits[0].chunk.text
 

@@ -54,7 +54,7 @@ def test_the_model_is_really_used(llm_engine):
 def _worker(engine):
     from rag.llm import get_llm
 
-    return get_llm(engine.settings.llm_model, engine.settings.cache_path(), extra_bufts=engine.settings.llm_extra_bufts)
+    return get_llm(engine.settings.llm.model, engine.settings.model.cache_path(), extra_bufts=engine.settings.llm.extra_bufts)
 
 
 def test_the_model_runs_in_its_own_process_without_extra_buffers(llm_engine):

@@ -74,8 +74,8 @@ def test_rankings_agree_with_faiss(both, questions, mode):
     faiss_engine, milvus_engine = both
     overlap, differ = [], []
     for q, vec in questions:
-        a = fused_ranking(faiss_engine.index, q, settings=faiss_engine.settings, query_vector=vec, retriever=mode, n=50)
-        b = fused_ranking(milvus_engine.index, q, settings=milvus_engine.settings, query_vector=vec, retriever=mode,
+        a = fused_ranking(faiss_engine.index, q, settings=faiss_engine.settings.retrieval, query_vector=vec, retriever=mode, n=50)
+        b = fused_ranking(milvus_engine.index, q, settings=milvus_engine.settings.retrieval, query_vector=vec, retriever=mode,
                           n=50)
         assert bool(a) == bool(b), q
         if a and a[0][0] != b[0][0]:
@@ -110,13 +110,13 @@ def test_filters_give_exactly_the_matching_articles(both, filters):
     allowed = milvus_engine.allowed_rows(f)
     vec = milvus_engine.query_vectors(["格尔木的开发区在全国排第几？"])[0]
     for mode in ("dense", "bm25", "hybrid"):
-        got = fused_ranking(index, "格尔木的开发区在全国排第几？", settings=milvus_engine.settings, query_vector=vec,
+        got = fused_ranking(index, "格尔木的开发区在全国排第几？", settings=milvus_engine.settings.retrieval, query_vector=vec,
                             retriever=mode, n=len(index.chunks), allowed=allowed, filters=f)
         rows = {r for r, _ in got}
         assert rows <= want, (mode, filters)
         if mode == "dense":  # every allowed chunk has a cosine: the whole filtered set comes back
             assert rows == want
-        ref = fused_ranking(faiss_engine.index, "格尔木的开发区在全国排第几？", settings=faiss_engine.settings,
+        ref = fused_ranking(faiss_engine.index, "格尔木的开发区在全国排第几？", settings=faiss_engine.settings.retrieval,
                             query_vector=vec, retriever=mode, n=len(index.chunks), allowed=allowed, filters=f)
         assert [r for r, _ in got[:3]] == [r for r, _ in ref[:3]], (mode, filters)
     hits = milvus_engine.search("开发区", k=10, filters=filters)
