@@ -32,12 +32,22 @@ def llm_engine(index_dir):
     ("海西州的人才公寓建了多少套？", "670"),
     ("哪些企业被选为电子劳动合同签订试点？", "青海徕硕科技有限公司"),
 ])
-def test_llm_answers_keep_the_sources_facts(llm_engine, question, fact):
+def test_llm_answers_keep_the_sources_facts(llm_engine, index_dir, question, fact):
+    from rag.pipeline import get_engine
+    from rag.types import FallbackReason
+
     ans = llm_engine.ask(question)
     assert not ans.refused and fact in ans.answer, (ans.answer, ans.fallback_reason, ans.check)
-    assert ans.mode in ("llm", "llm-repaired", "extractive-fallback")
-    if ans.mode == "extractive-fallback":  # a fallback is for a rejected answer, never a failed model
+    if ans.mode == "extractive-fallback":
+        # a fallback is for an answer the check rejected, never a failed or missing model, and what is
+        # shown instead is exactly the extractive answer
+        assert ans.fallback in (FallbackReason.NO_ANSWER, FallbackReason.DECLINED, FallbackReason.UNGROUNDED,
+                                FallbackReason.LEFT_OUT_FACTS, FallbackReason.NOT_FINISHED), ans.fallback_reason
         assert ans.check.get("finish_reason") in (None, "length"), (ans.fallback_reason, ans.check)
+        assert ans.answer == get_engine(index_dir).ask(question).answer
+    else:  # the model's own words, which went through the check
+        assert ans.mode in ("llm", "llm-repaired") and ans.fallback is None, ans.mode
+        assert ans.check["model_answer"].strip(), ans.check
     assert unsupported_numbers(ans.answer, ans.citations) == []
     for c in ans.citations:
         assert llm_engine.index.articles[c.article_id].text[c.start:c.end] == c.excerpt
