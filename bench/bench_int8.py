@@ -16,6 +16,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from build_eval_index import copy_eval_pages  # noqa: E402  (bench/ is this script's folder)
+
 
 def main(variant: str) -> None:
     import rag.embed as embed
@@ -39,13 +41,7 @@ def main(variant: str) -> None:
         embed.get_encoder = lambda settings=None: enc  # build and query with this variant only
         seeds = tmp / "seeds"
         seeds.mkdir()
-        pages = sorted((ROOT / "seeds").glob("*.txt"))
-        for gold in sorted((ROOT / "tests/data/pages").glob("*.gold.json")):
-            page = gold.with_name(gold.name[: -len(".gold.json")] + ".txt")
-            if page.is_file():
-                pages.append(page)
-        for p in pages:
-            shutil.copyfile(p, seeds / p.name)
+        copy_eval_pages(seeds)
         t0 = time.perf_counter()
         build_index(seeds, tmp / "index")
         print(f"{variant}: index built in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)

@@ -16,15 +16,21 @@ from rag.pipeline import build_index
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def copy_eval_pages(dest: Path) -> list[Path]:
+    """Copy the seed pages and the test pages with gold articles into ``dest``; return the originals."""
+    pages = sorted((ROOT / "seeds").glob("*.txt"))
+    for gold in sorted((ROOT / "tests/data/pages").glob("*.gold.json")):
+        page = gold.with_name(gold.name[: -len(".gold.json")] + ".txt")
+        if page.is_file():
+            pages.append(page)
+    for p in pages:
+        shutil.copyfile(p, Path(dest) / p.name)
+    return pages
+
+
 def main(out: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        pages = sorted((ROOT / "seeds").glob("*.txt"))
-        for gold in sorted((ROOT / "tests/data/pages").glob("*.gold.json")):
-            page = gold.with_name(gold.name[: -len(".gold.json")] + ".txt")
-            if page.is_file():
-                pages.append(page)
-        for p in pages:
-            shutil.copyfile(p, Path(tmp) / p.name)
+        copy_eval_pages(Path(tmp))
         print(build_index(tmp, out))
 
 
