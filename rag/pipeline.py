@@ -212,7 +212,7 @@ def _build_index(seeds: str | Path, index_dir: str | Path, *, settings: Settings
     sentences, sentence_vectors, vectors, reused = _sentences(articles, encoder, chunks=chunks, staging=staging,
                                                               tokenizer=tokenizer)
     write_index(index_dir, articles=articles, chunks=chunks, vectors=vectors, settings=settings, tokenizer=tokenizer,
-                model_name=settings.model.name, seeds=seed_hashes(pages), terms=_terms(articles),
+                model_name=settings.model.name, seeds=seed_hashes(pages), terms=tokenizer.terms,
                 sentences=sentences, sentence_vectors=sentence_vectors, page_meta_sha256=sidecar_hash(seeds),
                 model_runtime=encoder.runtime, store=store)
     staging.clear()
@@ -315,7 +315,7 @@ def _remove_pages(names: list[str], index_dir: Path, seeds: Path) -> dict:
         hashes = {k: v for k, v in index.manifest.get("seeds", {}).items() if k not in names}
         write_index(index_dir, articles=articles, chunks=[index.chunks[i] for i in rows],
                     vectors=index.vectors()[rows], settings=index.settings, model_name=index.model, seeds=hashes,
-                    terms=_terms(articles), tokenizer=tokenizer, sentences=sentences, sentence_vectors=sentence_vectors,
+                    terms=tokenizer.terms, tokenizer=tokenizer, sentences=sentences, sentence_vectors=sentence_vectors,
                     page_meta_sha256=sidecar_hash(seeds), model_runtime=index.runtime)
     except BaseException:
         for aside, target in moved:
@@ -369,7 +369,7 @@ def _add_pages(files: list[str | Path], index_dir: str | Path, *, seeds: str | P
     hashes.update(seed_hashes([seeds_dir / p.name for p in paths]))
     chunks = [index.chunks[i] for i in rows] + new_chunks
     write_index(index_dir, articles=articles, chunks=chunks, vectors=np.vstack([old_vectors, new_vectors]),
-                settings=settings, model_name=index.model, seeds=hashes, terms=_terms(articles), tokenizer=tokenizer,
+                settings=settings, model_name=index.model, seeds=hashes, terms=tokenizer.terms, tokenizer=tokenizer,
                 sentences=sentences, sentence_vectors=sentence_vectors, page_meta_sha256=sidecar_hash(seeds_dir),
                 model_runtime=encoder.runtime)
     staging.clear()
