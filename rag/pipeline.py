@@ -111,17 +111,19 @@ def _sentences(articles: list[Article], encoder, old=None, *, chunks=(), staging
     """
     import numpy as np
 
-    from .score import describe_sentences
+    from .score import describe_sentences, sentence_embed_text
 
     facts = [to_dict(f) for f in describe_sentences(articles, tokenizer)]
     by_id = {a.article_id: a for a in articles}
-    texts = [by_id[f["article_id"]].text[f["start"]:f["end"]] for f in facts]
+    # a sentence is embedded under its article's title, which says what "it" and "the measures" are about
+    texts = [sentence_embed_text(by_id[f["article_id"]].title, by_id[f["article_id"]].text[f["start"]:f["end"]])
+             for f in facts]
     known = {}
     if old is not None and old.sentence_vectors is not None:
         for rec, vec in zip(old.sentences, old.sentence_vectors):
             art = old.articles.get(rec["article_id"])
             if art is not None:
-                known[(rec["article_id"], art.text[rec["start"]:rec["end"]])] = vec
+                known[(rec["article_id"], sentence_embed_text(art.title, art.text[rec["start"]:rec["end"]]))] = vec
     dim = encoder.dimension
     sentence_vectors = np.zeros((len(facts), dim), dtype=np.float16)  # as stored: half the memory
     chunk_vectors = np.zeros((len(chunks), dim), dtype=np.float32)
