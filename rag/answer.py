@@ -139,7 +139,8 @@ def _answer_from(index: Index, question: str, spans: list[tuple[str, int, int]],
 
 
 def _partial(index: Index, question: Question, ev: Evidence, hits: list[Hit]) -> Answer:
-    """"资料中只有海西的信息：…[1]，没有德令哈的数字。" — what the pages hold instead, cited."""
+    """"资料中只有海西的信息：…[1]，没有德令哈的数字。" — what the pages hold instead, cited (or
+    "…[1]，其中没有所问的日期。" when the place and year fit but the asked figure is not there)."""
     start, end, text = _excerpt(ev.text, ev.start)
     about = "".join(p for p in ev.about_places if p not in ev.missing_places)
     about += "".join(_year(y) for y in ev.about_years if y not in ev.missing_years)
@@ -147,7 +148,10 @@ def _partial(index: Index, question: Question, ev: Evidence, hits: list[Hit]) ->
     thing = {QuestionKind.COUNT: "数字", QuestionKind.RANK: "排名", QuestionKind.DATE: "日期"}.get(question.info.kind, "信息")
     head = f"资料中只有{about}的相关内容：" if about else "资料中只有以下相关内容："
     cite = make_citation(1, index, ev.article_id, start, end)
-    text = f"{head}{text.rstrip('。！？!?')}[1]，没有{asked}的{thing}。"
+    if asked:
+        text = f"{head}{text.rstrip('。！？!?')}[1]，没有{asked}的{thing}。"
+    else:  # the right place and year, but not the asked figure ("哪天开园" of a sentence without a date)
+        text = f"资料中的相关内容：{text.rstrip('。！？!?')}[1]，其中没有所问的{thing}。"
     related = refusal(question.text, hits).related
     return Answer(question=question.text, answer=text, refused=False, citations=(cite,), related=related,
                   partial=True)
@@ -166,7 +170,7 @@ def _surface(query: str, key: str) -> str:
 def compose_answer(index: Index, question: Question, hits: list[Hit], settings: AnswerSettings,
                    *, query_vector: np.ndarray | None = None, scoring: ScoringParams | None = None) -> Answer:
     """Answer from the hits: the best one to three sentences, the enumerated items for a 哪些/措施
-    question, a partial answer when only the place or year is wrong, or a refusal."""
+    question, a partial answer when only the place, the year or the asked figure is missing, or a refusal."""
     if not hits:
         return refusal(question.text, hits)
     params = scoring or load_scoring()

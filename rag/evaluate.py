@@ -15,7 +15,7 @@ import numpy as np
 from .answer import unsupported_numbers
 from .errors import BadInput
 from .query import analyze_question, resolve_followup
-from .score import ScoringParams, fit_logistic, gather_evidence, load_scoring
+from .score import ScoringParams, constraints_hold, fit_logistic, gather_evidence, load_scoring
 from .types import AnswerKind, AnswerMode, FallbackReason
 
 __all__ = ["QAItem", "load_qa", "evaluate_retrieval", "evaluate_answers", "format_table", "gold_spans",
@@ -305,8 +305,8 @@ def fit_scoring(collected: list[Collected], base: ScoringParams | None = None, *
             continue
         z = params.bias + c.features @ np.array(params.weights)
         p = 1 / (1 + np.exp(-np.clip(z, -50, 50)))
-        # as score.judge: only evidence about the asked place and year can answer
-        fits = (c.features[:, 3] == 1) & (c.features[:, 4] == 1)
+        # as score.judge: only evidence about the asked place and year, holding the asked fact, can answer
+        fits = constraints_hold(c.features)
         if not fits.any():
             best_p.append(0.0), good.append(False), answerable.append(c.item.answerable)
             continue

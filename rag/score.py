@@ -29,7 +29,7 @@ from .zh import (MEASURE_WORDS, Tokenizer, count_han, default_tokenizer, fold_wi
 
 __all__ = ["FEATURES", "ScoringParams", "load_scoring", "save_scoring", "Evidence", "Judgement", "fact_match",
            "term_coverage", "place_check", "year_check", "relative_year_check", "describe_sentences", "gather_evidence", "rerank",
-           "judge", "fit_logistic", "sentence_embed_text", "SCORING_FILE", "term_weights", "coverage", "remember_evidence", "evidence_of_hits"]
+           "judge", "fit_logistic", "sentence_embed_text", "constraints_hold", "SCORING_FILE", "term_weights", "coverage", "remember_evidence", "evidence_of_hits"]
 
 FEATURES = ("coverage", "similarity", "fact", "place", "year", "prior", "passage", "similarity_gap", "coverage_gap")
 SCORING_FILE = Path(__file__).parent / "data" / "scoring.json"
@@ -386,6 +386,12 @@ class Evidence:
     missing_years: tuple[str, ...] = ()
     about_places: tuple[str, ...] = ()  # the places and years the evidence is about (partial answers)
     about_years: tuple[str, ...] = ()
+    missing_fact: bool = False  # a rank, date or count is asked and the evidence holds none
+
+    @property
+    def fits(self) -> bool:
+        """About the asked place and year, and holding the kind of fact asked for: it may answer."""
+        return not (self.missing_places or self.missing_years or self.missing_fact)
 
 
 _CLAUSE_END = "，,；;：:"
@@ -485,7 +491,7 @@ def gather_evidence(index, info: QuestionInfo, query_vector: np.ndarray, ranked:
                          1.0 / rank,
                          (passage - params.sim_center) * params.sim_scale)
                 out.append(Evidence(chunk.chunk_id, art.article_id, rank, w0, w1, t, feats, miss_p, miss_y,
-                                    s_places or a_places, s_years))
+                                    s_places or a_places, s_years, missing_fact=feats[2] == 0.0))
     # how far each candidate falls short of the best one, in similarity and in term share
     best_sim = max((ev.features[1] for ev in out), default=0.0)
     best_cov = max((ev.features[0] for ev in out), default=0.0)
@@ -532,8 +538,8 @@ def judge(evidence: list[Evidence], params: ScoringParams, *, limit: int = 3) ->
     ranked = sorted(evidence, key=lambda ev: -_value(ev, params))
     best = ranked[0]
     p_best = params.probability(best.features)
-    # the asked place and year must match: such evidence answers only partially, whatever its score
-    fitting = [ev for ev in ranked if not ev.missing_places and not ev.missing_years]
+    # the asked place, year and kind of fact must match: other evidence answers only partially, whatever its score
+    fitting = [ev for ev in ranked if ev.fits]
     if fitting and params.probability(fitting[0].features) >= params.threshold:
         best = fitting[0]
         p_best = params.probability(best.features)
@@ -547,18 +553,25 @@ def judge(evidence: list[Evidence], params: ScoringParams, *, limit: int = 3) ->
                 continue
             chosen.append(ev)
         return Judgement(p_best, tuple(chosen))
-    # a near miss: evidence that would answer if only the place or year were the asked one
+    # a near miss: evidence that would answer if only the place or year were the asked one, or it held the fact
     def relaxed(ev: Evidence) -> float:
         f = list(ev.features)
-        f[3] = f[4] = 1.0
+        f[2] = f[3] = f[4] = 1.0
         return params.probability(tuple(f))
-    misses = [ev for ev in evidence if ev.missing_places or ev.missing_years]
+    misses = [ev for ev in evidence if not ev.fits]
     if misses and (not fitting or _value(max(misses, key=lambda ev: _value(ev, params)), params)
                    >= _value(fitting[0], params)):
         near = max(misses, key=lambda ev: relaxed(ev) - 1e-4 * len(ev.text))
         if relaxed(near) >= params.threshold:
             return Judgement(p_best, (), near)
     return Judgement(p_best)
+
+
+def constraints_hold(features: np.ndarray) -> np.ndarray:
+    """Which rows of a feature matrix may answer (``Evidence.fits``): the asked place and year, and the
+    asked kind of fact (the fact feature is 1 when no figure is asked)."""
+    f = np.asarray(features).reshape(-1, len(FEATURES))
+    return (f[:, 3] == 1) & (f[:, 4] == 1) & (f[:, 2] > 0)
 
 
 # --- fitting --------------------------------------------------------------------------------------

@@ -161,22 +161,48 @@ def test_fit_logistic_recovers_a_separating_direction():
     assert ((x @ w + b > 0) == (y == 1)).mean() > 0.97
 
 
-def _ev(features, *, missing_places=(), missing_years=(), start=0):
+def _ev(features, *, missing_places=(), missing_years=(), start=0, missing_fact=False):
     features = tuple(features) + (0.0,) * (len(FEATURES) - len(features))
-    return Evidence("c", "a", 1, start, start + 10, "x" * 10, features, missing_places, missing_years)
+    return Evidence("c", "a", 1, start, start + 10, "x" * 10, features, missing_places, missing_years,
+                    missing_fact=missing_fact)
 
 
-@pytest.mark.parametrize("features, missing, outcome", [
-    ((1, 1, 1, 1, 1, 1), (), "answer"),
-    ((0, 0, 0, 1, 1, 1), (), "refuse"),
-    ((1, 1, 1, 0, 1, 1), ("德令哈",), "partial"),   # would answer but for the place
-    ((0, 0, 0, 0, 1, 1), ("德令哈",), "refuse"),    # another place, and no answer either
+@pytest.mark.parametrize("features, missing, no_fact, outcome", [
+    ((1, 1, 1, 1, 1, 1), (), False, "answer"),
+    ((0, 0, 0, 1, 1, 1), (), False, "refuse"),
+    ((1, 1, 1, 0, 1, 1), ("德令哈",), False, "partial"),   # would answer but for the place
+    ((0, 0, 0, 0, 1, 1), ("德令哈",), False, "refuse"),    # another place, and no answer either
+    ((1, 1, 0, 1, 1, 1), (), True, "partial"),            # the topic, but not the asked date/count/rank
+    ((0, 0, 0, 1, 1, 1), (), True, "refuse"),             # neither the topic nor the fact
 ])
-def test_judge_answers_reports_a_near_miss_or_refuses(features, missing, outcome):
+def test_judge_answers_reports_a_near_miss_or_refuses(features, missing, no_fact, outcome):
     params = ScoringParams(weights=(3, 1, 1, 4, 4, 0) + (0,) * (len(FEATURES) - 6), bias=-9.5, threshold=0.5)
-    verdict = judge([_ev(features, missing_places=missing)], params)
+    verdict = judge([_ev(features, missing_places=missing, missing_fact=no_fact)], params)
     got = "answer" if verdict.chosen else "partial" if verdict.partial else "refuse"
     assert got == outcome
+
+
+def test_evidence_without_the_asked_fact_never_answers_however_well_it_scores():
+    """A strong sentence lacking the asked date loses to a weaker one holding it, and alone is only partial."""
+    params = ScoringParams(weights=(3, 1, 1, 4, 4, 0) + (0,) * (len(FEATURES) - 6), bias=-9.5, threshold=0.3)
+    strong = _ev((1, 3, 0, 1, 1, 1), missing_fact=True)
+    weaker = _ev((1, 1, 1, 1, 1, 1), start=20)
+    assert params.probability(strong.features) > params.probability(weaker.features)
+    assert judge([strong, weaker], params).chosen == (weaker,)
+    assert judge([strong], params).partial == strong and not judge([strong], params).chosen
+
+
+@pytest.mark.parametrize("fact, place, year, holds", [
+    (1.0, 1.0, 1.0, True), (0.5, 1.0, 1.0, True),  # a number in another unit may still answer
+    (0.0, 1.0, 1.0, False), (1.0, 0.0, 1.0, False), (1.0, 1.0, 0.0, False),
+])
+def test_constraints_hold_is_evidence_fits(fact, place, year, holds):
+    from rag.score import constraints_hold
+
+    row = (0.5, 0.5, fact, place, year, 1.0) + (0.0,) * (len(FEATURES) - 6)
+    ev = _ev(row, missing_places=() if place else ("x",), missing_years=() if year else ("2020",),
+             missing_fact=fact == 0.0)
+    assert bool(constraints_hold(np.array([row]))[0]) is holds is ev.fits
 
 
 def test_params_round_trip_and_the_shipped_file_is_fitted(tmp_path):
