@@ -167,6 +167,20 @@ def _ev(features, *, missing_places=(), missing_years=(), start=0, missing_fact=
                     missing_fact=missing_fact)
 
 
+@pytest.mark.parametrize("question, kind, measure", [
+    ("有几个单位被评为优秀？", "count", "个"),
+    ("近几年引进了几名博士？", "count", "名"),         # 近几年 is no question; 几名博士 a count, not a rank
+    ("这几年一共投入了多少钱？", "count", "钱"),
+    ("格尔木在全国排几名？", "rank", ""),
+    ("罗东川要求在哪几方面持续用力？", "list", ""),     # 哪几: which ones, an enumeration
+    ("试点选了哪几家企业？", "list", ""),
+    ("考核是哪几天进行的？", "date", ""),
+])
+def test_question_kind_and_measure(question, kind, measure):
+    info = analyze_question(question, TOK)
+    assert (info.kind.value, info.measure) == (kind, measure)
+
+
 @pytest.mark.parametrize("features, missing, no_fact, outcome", [
     ((1, 1, 1, 1, 1, 1), (), False, "answer"),
     ((0, 0, 0, 1, 1, 1), (), False, "refuse"),
