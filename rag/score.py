@@ -175,6 +175,9 @@ _RANK_A = re.compile(rf"第{_NUM}|位列|\d+位|排名|居全国|排第|前{_NUM
 _DATE_A = re.compile(r"\d{4}年|\d{1,2}月\d{1,2}日|\d{1,2}月|\d{1,2}日")
 _DATE_IN_TEXT = re.compile(r"\d{4}年(?:\d{1,2}月)?(?:\d{1,2}日)?|\d{1,2}月(?:\d{1,2}日)?|\d{1,2}日")
 _CLOCK_Q = re.compile(r"几点|几时")
+_DURATION_Q = re.compile(r"多久|多长时间|多少时间|要几天|几个?小时|几分钟|多少天")
+_DURATION_A = re.compile(r"(?:\d+(?:\.\d+)?|[一二三四五六七八九十两半几百]+)\s*(?:个)?(?:分钟|小时|钟头|天|日|周|星期|个月|年)"
+                         r"|工作日|当天|当场|即时|立即|即办|马上")
 _CLOCK_A = re.compile(r"\d{1,2}(?:[:：]\d{2}|时|点)|[一二三四五六七八九十]+点")
 _RATE_Q = re.compile(r"每[一]?[人月年天日周次户个只张位名家亩门件斤]|人均|户均|一[只张件斤]多少钱|多少钱一[只张件斤个]")
 _RATE_A = re.compile(r"每|人均|户均|[/／]|元[/／]")
@@ -186,7 +189,8 @@ _SAME_MEASURE = {"名": "名人位", "人": "人名位", "位": "位名人", "�
 
 def fact_match(info: QuestionInfo, sentence: str) -> float:
     """Whether a sentence holds the kind of fact asked for (0..1): a rank for 第几, a date for
-    什么时候, a number (in the asked unit) for 多少/几; 1 when the question asks for no such fact.
+    什么时候, a span of time for 多久, a number (in the asked unit) for 多少/几; 1 when the question asks
+    for no such fact.
     Numbers the question itself contains ("2024年的…是多少") are not an answer."""
     if not info.kind.asks_a_figure:
         return 1.0
@@ -195,6 +199,8 @@ def fact_match(info: QuestionInfo, sentence: str) -> float:
         s = s.replace(num, " ")
     if info.kind is QuestionKind.RANK:
         return 1.0 if _RANK_A.search(s) else 0.0
+    if _DURATION_Q.search(info.text):  # 多久: a span of time (一两分钟, 5个工作日, 当天), not a date
+        return 1.0 if _DURATION_A.search(_DATE_IN_TEXT.sub(" ", s)) else 0.0
     if info.kind is QuestionKind.DATE:
         if _CLOCK_Q.search(info.text):  # 几点: a time of day, not a date
             return 1.0 if _CLOCK_A.search(s) else 0.0

@@ -122,6 +122,10 @@ def test_relative_year_check(asked, sentence_rel, sentence_years, article_rel, m
     ("普查员每天补贴多少钱？", "全省共选聘6845名普查员", 0.0),      # a rate is not answered by a count
     ("人才每月补贴多少？", "设立3200万元人才发展专项资金", 0.0),
     ("农民一年每人多挣多少？", "人均年增收1.8万元", 0.5),        # a rate: its number counts as any number
+    ("网上签一份合同要多久？", "现在一两分钟就能签一个", 1.0),      # 多久 asks a span of time, not a date
+    ("办营业执照要多长时间？", "3个工作日内办结", 1.0),
+    ("办证要多久？", "当天即可领取", 1.0),
+    ("办证要多久？", "2023年5月起实行新办法", 0.0),             # a date is no span of time
 ])
 def test_fact_match(question, sentence, expected):
     assert fact_match(analyze_question(question, TOK), sentence) == expected
