@@ -121,22 +121,24 @@ def test_the_index_kind_follows_the_size_and_a_filtered_search_stays_exact(tmp_p
     assert kind == "hnsw-flat-ip" and params == {"chunks": 4000, "exact_search_max": 1000, "M": 32,
                                                   "efConstruction": 80, "efSearch": HNSW_EF_SEARCH}
     ivf, kind, params = _faiss_index(vectors, 1000, hnsw_max=3000)
-    nlist = int(4 * np.sqrt(4000))
-    assert kind == "ivf-flat-ip" and params == {"chunks": 4000, "exact_search_max": 1000, "nlist": nlist,
+    nlist = 4000 // 39  # fewer than 4 * sqrt(4000) lists: k-means wants >= 39 vectors a list
+    assert kind == "ivf-fp16-ip" and params == {"chunks": 4000, "exact_search_max": 1000, "nlist": nlist,
                                                  "nprobe": min(IVF_NPROBE, nlist), "train": 4000}
     faiss.write_index(ivf, str(tmp_path / "ivf.faiss"))  # served from its file, as rag opens it
     ivf = faiss.read_index(str(tmp_path / "ivf.faiss"))
     assert faiss.extract_index_ivf(ivf).nprobe == min(IVF_NPROBE, nlist)
-    assert np.allclose(FaissStore(ivf, None).vectors(), vectors, atol=1e-6)  # read back for add/remove, rerank
+    stored = FaissStore(ivf, None).vectors()  # read back for add/remove and the rerank: float16-rounded
+    assert stored.dtype == np.float32 and np.abs(stored - vectors).max() < 1e-3
 
     allowed = np.sort(rng.choice(4000, 60, replace=False))  # a narrow filter: 1.5% of the rows
-    for dense in (hnsw, ivf):
+    for dense, held in ((hnsw, vectors), (ivf, stored)):  # exact over the vectors the index holds
         store = FaissStore(dense, None)
         for q in vectors[rng.choice(4000, 30, replace=False)]:
             got = store.dense(q, 10, Where(rows=allowed))
-            scores = vectors[allowed] @ q
+            scores = held[allowed] @ q
             want = allowed[np.argsort(-scores, kind="stable")[:10]]
             assert [r for r, _ in got] == list(want)
+            assert np.allclose([s for _, s in got], np.sort(vectors[allowed] @ q)[::-1][:10], atol=2e-3)
 
 
 def test_an_ivf_index_probing_few_lists_still_filters_exactly(monkeypatch):
@@ -150,14 +152,39 @@ def test_an_ivf_index_probing_few_lists_still_filters_exactly(monkeypatch):
     vectors = centres[rng.integers(0, 40, 4000)] + 0.3 * rng.standard_normal((4000, 64)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     ivf, kind, params = _faiss_index(vectors, 1000, hnsw_max=3000)
-    assert kind == "ivf-flat-ip" and params["nprobe"] == 2
+    assert kind == "ivf-fp16-ip" and params["nprobe"] == 2
     store = FaissStore(ivf, None)
+    held = store.vectors()
     allowed = np.sort(rng.choice(4000, 60, replace=False))
     missed = 0
     for q in vectors[rng.choice(4000, 30, replace=False)]:
         exact = np.argsort(-(vectors @ q), kind="stable")[:10]
         missed += len(set(exact) - {r for r, _ in store.dense(q, 10, Where())})
-        scores = vectors[allowed] @ q
+        scores = held[allowed] @ q
         assert [r for r, _ in store.dense(q, 10, Where(rows=allowed))] == \
             list(allowed[np.argsort(-scores, kind="stable")[:10]])
-    assert missed > 0  # the unfiltered search did probe only 2 of the 252 lists
+    assert missed > 0  # the unfiltered search did probe only 2 of the 102 lists
+
+
+def test_an_index_above_the_hnsw_size_is_ivf_float16_and_answers(tmp_path, encoder, monkeypatch):
+    """Lowered thresholds: a real build records the IVF kind, searches and answers from it, and an add rebuilds it."""
+    from rag import store as store_mod
+    from rag.config import Settings
+    from rag.pipeline import add_pages, build_index, get_engine
+
+    monkeypatch.setattr(store_mod, "HNSW_MAX", 1)
+    seeds = tmp_path / "seeds"
+    seeds.mkdir()
+    for name in ("bom_page.txt", "gbk_page.txt"):
+        shutil.copy(DATA / "pages" / name, seeds / name)
+    build_index(seeds, tmp_path / "index", settings=Settings.of(exact_search_max=1))
+    m = json.loads((tmp_path / "index" / "manifest.json").read_text(encoding="utf-8"))
+    assert m["dense_index"] == "ivf-fp16-ip" and m["dense_params"]["nlist"] >= 1
+    hits = get_engine(tmp_path / "index").search("垃圾分类投放点新建多少个？", k=2)
+    assert hits and "120" in hits[0].chunk.text
+    assert "120" in get_engine(tmp_path / "index").ask("垃圾分类投放点新建多少个？").answer
+    summary = add_pages([DATA / "pages" / "zhangye_short_news.txt"], tmp_path / "index", seeds=seeds)
+    m2 = json.loads((tmp_path / "index" / "manifest.json").read_text(encoding="utf-8"))
+    assert m2["dense_index"] == "ivf-fp16-ip" and m2["dense_params"]["chunks"] == summary["chunks"] > m["dense_params"]["chunks"]
+    hits = get_engine(tmp_path / "index").search("垃圾分类投放点新建多少个？", k=2)
+    assert hits and "120" in hits[0].chunk.text  # the old pages' vectors, read back from the IVF index, still found
