@@ -1,7 +1,7 @@
 """FAISS index kinds at 10k / 100k / 1M chunks: build time, disk size, query p50/p95, peak RSS, recall@10.
 
     .venv/bin/python bench/bench_scale.py [--sizes 10000,100000,1000000] [--queries 200] [--budget 1800]
-    .venv/bin/python bench/bench_scale.py --sizes 1000000 --kinds ivf-flat --nlist 4096 --nprobe 32,64,128
+    .venv/bin/python bench/bench_scale.py --sizes 1000000 --kinds rag,ivf-fp16 --nprobe 256,384
     .venv/bin/python bench/bench_scale.py --ingest-pages 60    # a real build: time and peak RSS
 
 The vectors are SYNTHETIC (the encoder embeds ~18 passages/s on 2 cores: 1M real chunks would take
@@ -124,6 +124,7 @@ def kinds(n: int, nlist: int | None, nprobes: list[int], efs: list[int]) -> list
     ivf = [{"nprobe": p} for p in nprobes]
     hnsw = [{"efSearch": e} for e in efs]
     return [
+        {"kind": "rag", "search": [{}]},  # what rag.store builds at this size, with its own search settings
         {"kind": "flat", "search": [{}]},
         {"kind": "hnsw", "M": 32, "efConstruction": 80, "search": hnsw},
         {"kind": "hnsw16", "M": 16, "efConstruction": 80, "search": hnsw},
@@ -158,6 +159,16 @@ def worker_build(args: dict) -> dict:
     base = np.load(args["vectors"], mmap_mode="r")
     spec = args["spec"]
     t0 = time.perf_counter()
+    if spec["kind"] == "rag":
+        sys.path.insert(0, str(ROOT))
+        from rag.config import Settings
+        from rag.store import _faiss_index
+
+        idx, kind, params = _faiss_index(base, Settings().retrieval.exact_search_max)
+        seconds = time.perf_counter() - t0
+        faiss.write_index(idx, args["out"])
+        return {"build_s": round(seconds, 1), "train_s": "n/a", "disk_mb": round(Path(args["out"]).stat().st_size / 2**20, 1),
+                "build_rss_mb": round(_rss_mb()), "chosen": f"{kind} {params}"}
     idx = _make_index(spec)
     train_s = 0.0
     if not idx.is_trained:
@@ -282,6 +293,7 @@ def bench_size(n: int, opts, queries: np.ndarray, real: np.ndarray | None, previ
         args = {"vectors": str(folder / "base.npy"), "queries": str(folder / "queries.npy"),
                 "out": str(folder / f"{spec['kind']}.faiss"), "spec": spec, "train": opts.train}
         load = Path("/proc/loadavg").read_text().split()[:3]
+        print(f"[{n:,}] {label}: building, then serving {len(queries)} queries (load {' '.join(load)})", flush=True)
         try:
             built = _run_worker("build", args, timeout=opts.budget * 1.5 + 60)
             served = _run_worker("serve", args, timeout=1800)
@@ -290,6 +302,9 @@ def bench_size(n: int, opts, queries: np.ndarray, real: np.ndarray | None, previ
             out.append({"n": n, "label": label, "skipped": True})
             continue
         previous[spec["kind"]] = built["build_s"]
+        if "chosen" in built:
+            label = f"rag: {built['chosen'].split()[0]}"
+            print(f"[{n:,}] rag builds {built['chosen']}", flush=True)
         for i, row in enumerate(served["rows"]):
             found = np.load(f"{args['out']}.ids{i}.npy")
             strict, tie = recalls(found, truth, truth_sims, base, queries)
@@ -320,12 +335,13 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=1800, help="seconds one build may take (default 1800)")
     ap.add_argument("--json", default=None, help="also write the rows here")
     ap.add_argument("--kinds", default=None,
-                    help="only these kinds: flat,hnsw,hnsw16,ivf-flat,ivf-hnsw-flat,ivf-sq8,ivf-fp16 (default: all)")
+                    help="only these kinds: rag (what rag.store builds at this size),flat,hnsw,hnsw16,ivf-flat,ivf-hnsw-flat,"
+                         "ivf-sq8,ivf-fp16 (default: all)")
     ap.add_argument("--vectors", choices=["e5mix", "clusters"], default="e5mix")
     ap.add_argument("--sentences", type=Path, default=None, help=f"real sentence vectors (default {DEFAULT_SENTENCES})")
     ap.add_argument("--nlist", type=int, default=None, help="IVF lists (default 4*sqrt(n))")
-    ap.add_argument("--nprobe", default="16,32,64,128")
-    ap.add_argument("--ef", default="128,256")
+    ap.add_argument("--nprobe", default="64,128,256,384,512")
+    ap.add_argument("--ef", default="128,256,512")
     ap.add_argument("--train", type=int, default=200_000, help="IVF training sample, at most (default 200000)")
     ap.add_argument("--work", default=None, help=f"scratch folder (default {WORK})")
     ap.add_argument("--ingest-pages", type=int, default=0,
@@ -362,7 +378,8 @@ def main() -> None:
         if r.get("skipped"):
             print(f"{r['n']:>9,} {r['label']:34} {'skipped':14}")
             continue
-        params = " ".join(f"{k}={v}" for k, v in r["params"].items()) or "exact"
+        params = " ".join(f"{k}={v}" for k, v in r["params"].items()) or \
+            ("its own" if r["label"].startswith("rag") else "exact")
         print(f"{r['n']:>9,} {r['label']:34} {params:14} {r['build_s']:>8} {r['disk_mb']:>8} {r['p50_ms']:>7} "
               f"{r['p95_ms']:>7} {r['recall10']:>6} {r['recall10_ties']:>7} {r['serve_rss_mb']:>12}")
 

@@ -172,18 +172,19 @@ class FaissStore:
 # e5 sentence vectors, queries real e5 question vectors; the README's bench_scale table). Every add and
 # remove rebuilds it, so build time counts. Exact IndexFlatIP up to ``Settings.exact_search_max`` chunks
 # (recall 1; p50 60 ms at 100k, 370 ms at 1M). HNSW over full vectors up to HNSW_MAX chunks: recall@10
-# 0.988 at 100k with efSearch 256 (0.968 with 128), p50 1.2 ms, built in 68 s. Above, IVF with vectors
-# stored as float16 (IVF_NLIST_PER_SQRT * sqrt(n) lists trained on at most IVF_TRAIN vectors, IVF_NPROBE
-# probed): at 1M (4000 lists) recall@10 0.968 (tie-aware 0.999), p95 15 ms, serving RSS 0.8 GB, built in
-# 119 s -- the same recall as IVF over float32 vectors at every nprobe for half the memory, while HNSW
-# (0.970 at efSearch 256, 1.8 GB) took 990 s to build and 8-bit storage lost 1.4 points.
-# A filtered search scans the stored vectors of the allowed rows exhaustively (FaissStore.dense).
+# 0.988 at 100k with efSearch 256 (0.968 with 128), 0.983 at 200k, built in 68 s / 168 s. Above, IVF
+# with vectors stored as float16 (IVF_NLIST_PER_SQRT * sqrt(n) lists trained on at most IVF_TRAIN
+# vectors, IVF_NPROBE probed): at 1M (4000 lists) recall@10 0.980 (tie-aware 1.000; 0.968 with 256
+# probes), p95 19 ms, serving RSS 0.8 GB, built in 137 s -- the same recall as IVF over float32 vectors
+# for half the memory, while HNSW (0.970 at efSearch 256, 1.8 GB) took 990 s to build and 8-bit
+# storage lost 1.4-2.3 points. A filtered search scans the stored vectors of the allowed rows exhaustively
+# (FaissStore.dense).
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
 HNSW_EF_SEARCH = 256
 HNSW_MAX = 200_000
 IVF_NLIST_PER_SQRT = 4
-IVF_NPROBE = 256
+IVF_NPROBE = 384
 IVF_TRAIN = 200_000
 _ADD_BATCH = 50_000
 
