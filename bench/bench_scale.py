@@ -167,8 +167,9 @@ def worker_build(args: dict) -> dict:
         idx, kind, params = _faiss_index(base, Settings().retrieval.exact_search_max)
         seconds = time.perf_counter() - t0
         faiss.write_index(idx, args["out"])
-        return {"build_s": round(seconds, 1), "train_s": "n/a", "disk_mb": round(Path(args["out"]).stat().st_size / 2**20, 1),
-                "build_rss_mb": round(_rss_mb()), "chosen": f"{kind} {params}"}
+        return {"build_s": round(seconds, 1), "train_s": "n/a",
+                "disk_mb": round(Path(args["out"]).stat().st_size / 2**20, 1), "build_rss_mb": round(_rss_mb()),
+                "chosen": f"{kind} {params}"}
     idx = _make_index(spec)
     train_s = 0.0
     if not idx.is_trained:

@@ -185,6 +185,7 @@ def test_an_index_above_the_hnsw_size_is_ivf_float16_and_answers(tmp_path, encod
     assert "120" in get_engine(tmp_path / "index").ask("垃圾分类投放点新建多少个？").answer
     summary = add_pages([DATA / "pages" / "zhangye_short_news.txt"], tmp_path / "index", seeds=seeds)
     m2 = json.loads((tmp_path / "index" / "manifest.json").read_text(encoding="utf-8"))
-    assert m2["dense_index"] == "ivf-fp16-ip" and m2["dense_params"]["chunks"] == summary["chunks"] > m["dense_params"]["chunks"]
+    assert m2["dense_index"] == "ivf-fp16-ip"
+    assert m2["dense_params"]["chunks"] == summary["chunks"] > m["dense_params"]["chunks"]
     hits = get_engine(tmp_path / "index").search("垃圾分类投放点新建多少个？", k=2)
     assert hits and "120" in hits[0].chunk.text  # the old pages' vectors, read back from the IVF index, still found
