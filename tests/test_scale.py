@@ -107,7 +107,9 @@ def test_a_killed_add_of_a_folder_resumes_without_embedding_its_finished_pages_a
 
 
 def test_the_index_kind_follows_the_size_and_a_filtered_search_stays_exact(tmp_path):
-    from rag.store import FaissStore, Where, _faiss_index
+    import faiss
+
+    from rag.store import HNSW_EF_SEARCH, IVF_NPROBE, FaissStore, Where, _faiss_index
 
     rng = np.random.default_rng(3)
     centres = rng.standard_normal((40, 64)).astype(np.float32)
@@ -115,13 +117,75 @@ def test_the_index_kind_follows_the_size_and_a_filtered_search_stays_exact(tmp_p
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     small, kind, params = _faiss_index(vectors[:500], 1000)
     assert kind == "flat-ip" and params["chunks"] == 500
-    dense, kind, params = _faiss_index(vectors, 1000)
+    hnsw, kind, params = _faiss_index(vectors, 1000)
     assert kind == "hnsw-flat-ip" and params == {"chunks": 4000, "exact_search_max": 1000, "M": 32,
-                                                  "efConstruction": 80, "efSearch": 128}
-    store = FaissStore(dense, None)
+                                                  "efConstruction": 80, "efSearch": HNSW_EF_SEARCH}
+    ivf, kind, params = _faiss_index(vectors, 1000, hnsw_max=3000)
+    nlist = 4000 // 39  # fewer than 4 * sqrt(4000) lists: k-means wants >= 39 vectors a list
+    assert kind == "ivf-fp16-ip" and params == {"chunks": 4000, "exact_search_max": 1000, "nlist": nlist,
+                                                 "nprobe": min(IVF_NPROBE, nlist), "train": 4000}
+    faiss.write_index(ivf, str(tmp_path / "ivf.faiss"))  # served from its file, as rag opens it
+    ivf = faiss.read_index(str(tmp_path / "ivf.faiss"))
+    assert faiss.extract_index_ivf(ivf).nprobe == min(IVF_NPROBE, nlist)
+    stored = FaissStore(ivf, None).vectors()  # read back for add/remove and the rerank: float16-rounded
+    assert stored.dtype == np.float32 and np.abs(stored - vectors).max() < 1e-3
+
     allowed = np.sort(rng.choice(4000, 60, replace=False))  # a narrow filter: 1.5% of the rows
+    for dense, held in ((hnsw, vectors), (ivf, stored)):  # exact over the vectors the index holds
+        store = FaissStore(dense, None)
+        for q in vectors[rng.choice(4000, 30, replace=False)]:
+            got = store.dense(q, 10, Where(rows=allowed))
+            scores = held[allowed] @ q
+            want = allowed[np.argsort(-scores, kind="stable")[:10]]
+            assert [r for r, _ in got] == list(want)
+            assert np.allclose([s for _, s in got], np.sort(vectors[allowed] @ q)[::-1][:10], atol=2e-3)
+
+
+def test_an_ivf_index_probing_few_lists_still_filters_exactly(monkeypatch):
+    """With nprobe far below nlist the unfiltered search is approximate, but a filter visits every list."""
+    from rag import store as store_mod
+    from rag.store import FaissStore, Where, _faiss_index
+
+    monkeypatch.setattr(store_mod, "IVF_NPROBE", 2)
+    rng = np.random.default_rng(5)
+    centres = rng.standard_normal((40, 64)).astype(np.float32)
+    vectors = centres[rng.integers(0, 40, 4000)] + 0.3 * rng.standard_normal((4000, 64)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ivf, kind, params = _faiss_index(vectors, 1000, hnsw_max=3000)
+    assert kind == "ivf-fp16-ip" and params["nprobe"] == 2
+    store = FaissStore(ivf, None)
+    held = store.vectors()
+    allowed = np.sort(rng.choice(4000, 60, replace=False))
+    missed = 0
     for q in vectors[rng.choice(4000, 30, replace=False)]:
-        got = store.dense(q, 10, Where(rows=allowed))
-        scores = vectors[allowed] @ q
-        want = allowed[np.argsort(-scores, kind="stable")[:10]]
-        assert [r for r, _ in got] == list(want)
+        exact = np.argsort(-(vectors @ q), kind="stable")[:10]
+        missed += len(set(exact) - {r for r, _ in store.dense(q, 10, Where())})
+        scores = held[allowed] @ q
+        assert [r for r, _ in store.dense(q, 10, Where(rows=allowed))] == \
+            list(allowed[np.argsort(-scores, kind="stable")[:10]])
+    assert missed > 0  # the unfiltered search did probe only 2 of the 102 lists
+
+
+def test_an_index_above_the_hnsw_size_is_ivf_float16_and_answers(tmp_path, encoder, monkeypatch):
+    """Lowered thresholds: a real build records the IVF kind, searches and answers from it, and an add rebuilds it."""
+    from rag import store as store_mod
+    from rag.config import Settings
+    from rag.pipeline import add_pages, build_index, get_engine
+
+    monkeypatch.setattr(store_mod, "HNSW_MAX", 1)
+    seeds = tmp_path / "seeds"
+    seeds.mkdir()
+    for name in ("bom_page.txt", "gbk_page.txt"):
+        shutil.copy(DATA / "pages" / name, seeds / name)
+    build_index(seeds, tmp_path / "index", settings=Settings.of(exact_search_max=1))
+    m = json.loads((tmp_path / "index" / "manifest.json").read_text(encoding="utf-8"))
+    assert m["dense_index"] == "ivf-fp16-ip" and m["dense_params"]["nlist"] >= 1
+    hits = get_engine(tmp_path / "index").search("垃圾分类投放点新建多少个？", k=2)
+    assert hits and "120" in hits[0].chunk.text
+    assert "120" in get_engine(tmp_path / "index").ask("垃圾分类投放点新建多少个？").answer
+    summary = add_pages([DATA / "pages" / "zhangye_short_news.txt"], tmp_path / "index", seeds=seeds)
+    m2 = json.loads((tmp_path / "index" / "manifest.json").read_text(encoding="utf-8"))
+    assert m2["dense_index"] == "ivf-fp16-ip"
+    assert m2["dense_params"]["chunks"] == summary["chunks"] > m["dense_params"]["chunks"]
+    hits = get_engine(tmp_path / "index").search("垃圾分类投放点新建多少个？", k=2)
+    assert hits and "120" in hits[0].chunk.text  # the old pages' vectors, read back from the IVF index, still found
