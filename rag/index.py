@@ -99,6 +99,10 @@ class Index:
         """All chunk vectors, row i = chunk i (read back from the store)."""
         return self.store.vectors() if self.chunks else np.zeros((0, self.dimension), dtype=np.float32)
 
+    def chunk_vectors(self, rows: list[int]) -> np.ndarray:
+        """The vectors of these chunk rows (read back from the store; a large index is not read whole)."""
+        return self.store.rows(rows) if self.chunks else np.zeros((0, self.dimension), dtype=np.float32)
+
     def store_spec(self) -> StoreSpec:
         """The store this index was built into (to rebuild it into the same one)."""
         return spec_of(self.path, self.manifest)

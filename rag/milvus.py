@@ -401,6 +401,19 @@ class MilvusStore:
                 out[int(rec["row"])] = np.asarray(rec["vector"], dtype=np.float32)
         return out
 
+    def rows(self, rows: list[int]) -> np.ndarray:
+        out = np.zeros((len(rows), self.dimension), dtype=np.float32)
+        if not len(rows):
+            return out
+        where: dict[int, list[int]] = {}
+        for i, r in enumerate(rows):
+            where.setdefault(int(r), []).append(i)
+        got = self.client.query(self.collection, filter=f"row in {sorted(where)}", output_fields=["row", "vector"],
+                                limit=len(where))
+        for rec in got:
+            out[where[int(rec["row"])]] = np.asarray(rec["vector"], dtype=np.float32)
+        return out
+
     def doc_freqs(self) -> dict[str, int]:
         return self.df
 

@@ -310,6 +310,9 @@ def _fold(text: str) -> str:
     return low
 
 
+WHOLE_READ_MAX = 100_000  # chunks whose vectors a loaded index keeps in memory for the rerank
+
+
 class SentenceTable:
     """The index's sentence facts and vectors, looked up by article and offset."""
 
@@ -359,11 +362,15 @@ class SentenceTable:
             cache[article_id] = tuple(relative_years(self.folded.get(article_id, "")))
         return cache[article_id]
 
-    def chunk_vector(self, index, row: int) -> np.ndarray:
-        """The passage vector of chunk ``row`` (read back from FAISS once)."""
+    def chunk_vectors(self, index, rows: list[int]) -> np.ndarray:
+        """The passage vectors of these chunk rows: up to ``WHOLE_READ_MAX`` chunks the store's vectors
+        are read back once and kept; a larger index is read row by row (a million chunks would keep
+        1.5 GB of float32 in memory)."""
+        if len(index.chunks) > WHOLE_READ_MAX:
+            return index.chunk_vectors(list(rows))
         if not hasattr(self, "_chunk_vectors"):
             self._chunk_vectors = index.vectors()
-        return self._chunk_vectors[row]
+        return self._chunk_vectors[list(rows)]
 
     def row_at(self, article_id: str, pos: int) -> int | None:
         """The sentence row holding article position ``pos``."""
@@ -464,14 +471,15 @@ def gather_evidence(index, info: QuestionInfo, query_vector: np.ndarray, ranked:
     relative = tuple(y for y in info.years if not y.isdigit())
     seen: set[tuple[str, int, int]] = set()
     out: list[Evidence] = []
-    for row, rank in ranked:
+    passages = table.chunk_vectors(index, [row for row, _ in ranked]) @ qv if ranked else ()
+    for (row, rank), passage in zip(ranked, passages):
         chunk = index.chunks[row]
         art = index.articles[chunk.article_id]
         context = table.folded[art.article_id]
         offset = len(art.title) + 1
         a_places = table.article_places.get(art.article_id, ())
         a_years = table.article_years.get(art.article_id, ())
-        passage = float(table.chunk_vector(index, row) @ qv)
+        passage = float(passage)
         for s, e in split_sentences(chunk.text):
             a0, a1 = chunk.start + s, chunk.start + e
             srow = table.row_at(art.article_id, a0)

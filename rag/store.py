@@ -77,6 +77,9 @@ class Store(Protocol):
     def vectors(self) -> np.ndarray:
         """All chunk vectors, row i = chunk i."""
 
+    def rows(self, rows: list[int]) -> np.ndarray:
+        """The vectors of these chunk rows, in that order (what a question's rerank reads)."""
+
     def doc_freqs(self) -> dict[str, int]:
         """How many chunks hold each BM25 token."""
 
@@ -149,16 +152,25 @@ class FaissStore:
                k: int) -> list[tuple[int, float]]:
         return fuse_ranks([self.dense(vector, n, where), self.bm25(tokens, n, where)], list(weights), k)
 
-    def vectors(self) -> np.ndarray:
-        n = self.index.ntotal
-        if not n:
-            return np.zeros((0, self.index.d), dtype=np.float32)
+    def _readable(self) -> None:
         import faiss
 
         ivf = faiss.try_extract_index_ivf(self.index)
         if ivf is not None and ivf.direct_map.type == faiss.DirectMap.NoMap:
             ivf.make_direct_map()  # IVF reads a row back through a row -> (list, offset) map
+
+    def vectors(self) -> np.ndarray:
+        n = self.index.ntotal
+        if not n:
+            return np.zeros((0, self.index.d), dtype=np.float32)
+        self._readable()
         return self.index.reconstruct_n(0, n)
+
+    def rows(self, rows: list[int]) -> np.ndarray:
+        if not len(rows):
+            return np.zeros((0, self.index.d), dtype=np.float32)
+        self._readable()
+        return np.vstack([self.index.reconstruct(int(r)) for r in rows]).astype(np.float32, copy=False)
 
     def doc_freqs(self) -> dict[str, int]:
         df = np.diff(np.asarray(self.bm25_index.scores["indptr"]))

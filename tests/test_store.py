@@ -7,6 +7,7 @@ import shutil
 import sys
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
 pytest.importorskip("pymilvus")
@@ -193,3 +194,24 @@ def test_rebuild_keeps_the_store_and_faiss_flag_switches_back(both, tmp_path, en
     assert hits and all(h.source != "001_c451c93762dc6e8f.txt" for h in hits)
     _copy(again, path, StoreSpec())
     assert load_index(path).manifest["store"]["kind"] == "faiss"
+
+
+def test_a_large_index_reranks_from_the_rows_it_needs_with_the_same_answers(both, monkeypatch):
+    """Above WHOLE_READ_MAX chunks the rerank reads only its candidates' vectors, from either store, and
+    answers as when it read the whole matrix."""
+    from rag import score
+
+    questions = ["格尔木的开发区在全国排第几？", "电子劳动合同有什么好处？", "海西州给人才提供住房吗？"]
+    for engine in both:
+        whole = [engine.ask(q) for q in questions]
+        rows = [5, 0, len(engine.index.chunks) - 1, 5]
+        assert np.allclose(engine.index.chunk_vectors(rows), engine.index.vectors()[rows], atol=1e-6)
+        monkeypatch.setattr(score, "WHOLE_READ_MAX", 10)
+        monkeypatch.setattr(type(engine.index.store), "vectors", lambda self: pytest.fail("read the whole matrix"))
+        engine.index.derived.clear()
+        try:
+            assert [(a.answer, a.refused) for a in (engine.ask(q) for q in questions)] == \
+                [(a.answer, a.refused) for a in whole]
+        finally:
+            monkeypatch.undo()
+            engine.index.derived.clear()
