@@ -306,7 +306,9 @@ def _load_index(path: Path, *, model: str | None, verify: bool, token: str | Non
         if "sentences" not in manifest:
             raise IndexFormat(f"index at {path} has no sentence vectors (built by an older rag); rebuild it with `rag index`")
         sentences = _read_jsonl(path / "sentences.jsonl", dict)
-        sentence_vectors = np.load(path / "sentences.npy", allow_pickle=False).astype(np.float32)
+        # float16 as stored, memory-mapped: a question reads the rows of its candidates only (two
+        # million sentences would be 3 GB as float32 in memory)
+        sentence_vectors = np.load(path / "sentences.npy", allow_pickle=False, mmap_mode="r")
     except (OSError, RuntimeError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise IndexFormat(f"index at {path} is damaged ({first}); rebuild it with `rag index`") from None
@@ -314,7 +316,8 @@ def _load_index(path: Path, *, model: str | None, verify: bool, token: str | Non
     # first: its chunk count and vector dimension are the first consistency checks
     store = open_store(path, manifest.get("store") or {"kind": "faiss"}, dimension=dim, count=len(chunks),
                        token=token, articles=by_id)
-    if len(sentences) != len(sentence_vectors) or (len(sentences) and sentence_vectors.shape[1] != dim):
+    if sentence_vectors.ndim != 2 or len(sentences) != len(sentence_vectors) or \
+            (len(sentences) and sentence_vectors.shape[1] != dim):
         store.close()
         raise IndexFormat(f"index at {path} has {len(sentences)} sentences but {len(sentence_vectors)} sentence "
                           f"vectors; rebuild it with `rag index`")
