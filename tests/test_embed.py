@@ -257,6 +257,65 @@ def test_a_missing_or_damaged_onnx_file_is_written_again(tmp_path, damage):
     assert graph.stat().st_size == size
 
 
+def test_the_loaded_graph_is_the_fused_one(encoder):
+    """The default encoder runs the format-3 graph: onnxruntime's fused Attention /
+    SkipLayerNormalization / BiasGelu operators, fed each row's token count (parity with the
+    reference is held by the tests above)."""
+    import onnx
+
+    from rag.onnxenc import ONNX_DIR, onnx_ready
+
+    assert [i.name for i in encoder.session.get_inputs()] == ["words", "lengths"]
+    folder = resolve_bundled()
+    assert onnx_ready(folder)
+    graph = onnx.load(str(folder / ONNX_DIR / "encoder.onnx"), load_external_data=False)
+    ops = [n.op_type for n in graph.graph.node]
+    assert ops.count("Attention") == ops.count("BiasGelu") == 12 and ops.count("SkipLayerNormalization") == 24
+    assert "Softmax" not in ops and len(ops) < 100
+
+
+def resolve_bundled():
+    from pathlib import Path
+
+    from rag.config import ModelSettings
+    from rag.embed import resolve_model
+
+    return Path(resolve_model(ModelSettings()))
+
+
+def test_an_older_format_onnx_folder_is_upgraded_on_first_use(tmp_path):
+    """A cache written by an older rag (its marker names format 2 and the graph takes ``mask_bias``) is
+    rewritten once, swapped in whole: the new graph is loaded and gives the same vectors, and no
+    temporary or old folder is left behind."""
+    import subprocess
+    import sys
+
+    from rag.onnxenc import ONNX_DIR
+
+    cache, model = _copy_model(tmp_path)
+    marker = model / ONNX_DIR / "rag_onnx.json"
+    old = json.loads(marker.read_text(encoding="utf-8"))
+    old["format"] = "rag-onnx-bert/2"
+    marker.unlink()  # a hard link to the shared cache: never write through it
+    marker.write_text(json.dumps(old), encoding="utf-8")
+    graph_inode = (model / ONNX_DIR / "encoder.onnx").stat().st_ino
+    code = ("from rag.embed import get_encoder; import numpy as np; e = get_encoder(); "
+            "v = e.encode_queries(['格尔木的开发区在全国排第几？']); np.save(r'%s', v); "
+            "print(e.runtime, [i.name for i in e.session.get_inputs()])") % (tmp_path / "q.npy")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "RAG_CACHE": str(cache)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split("\n")[0] == "onnx-fp32 ['words', 'lengths']"
+    assert "writing the ONNX encoder" in proc.stderr and "Traceback" not in proc.stderr
+    assert json.loads(marker.read_text(encoding="utf-8"))["format"] == "rag-onnx-bert/3"
+    assert (model / ONNX_DIR / "encoder.onnx").stat().st_ino != graph_inode
+    assert sorted(p.name for p in model.iterdir() if p.name.startswith(ONNX_DIR)) == [ONNX_DIR]
+    from rag.embed import get_encoder
+
+    want = get_encoder().encode_queries(["格尔木的开发区在全国排第几？"])
+    assert float((np.load(tmp_path / "q.npy") * want).sum()) >= 0.99999
+
+
 def test_one_shot_cli_does_not_import_torch_or_gradio(index_dir):
     """`rag ask` and `rag search` from a cold shell load neither torch, sentence-transformers,
     transformers nor Gradio (python -X importtime lists every module a process imports)."""
