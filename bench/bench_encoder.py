@@ -65,7 +65,7 @@ def _load() -> str:
 def _before_model(before: Path, model_dir: str, tmp: Path) -> str:
     """A private copy of the model folder (hard links) whose onnx/ the --before checkout writes itself."""
     copy = tmp / "before-model"
-    shutil.copytree(model_dir, copy, ignore=shutil.ignore_patterns("onnx"),
+    shutil.copytree(model_dir, copy, ignore=shutil.ignore_patterns("onnx*"),
                     copy_function=lambda a, b: os.link(a, b))
     proc = subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, '.'); "
                            "from rag.onnxenc import export_onnx; export_onnx(sys.argv[1])", str(copy)],
@@ -90,6 +90,7 @@ def main() -> None:
     from rag.config import ModelSettings
     from rag.embed import resolve_model
     from rag.evaluate import load_qa
+    from rag.onnxenc import ONNX_DIR
     from rag.pipeline import load_articles
 
     model_dir = resolve_model(ModelSettings())
@@ -109,7 +110,7 @@ def main() -> None:
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
             int8 = tmp / "encoder-int8.onnx"
-            quantize_dynamic(str(Path(model_dir) / "onnx" / "encoder.onnx"), str(int8), weight_type=QuantType.QInt8)
+            quantize_dynamic(str(Path(model_dir) / ONNX_DIR / "encoder.onnx"), str(int8), weight_type=QuantType.QInt8)
             variants["onnx-int8"] = (ROOT, model_dir, str(int8))
         data = tmp / "texts.json"
         data.write_text(json.dumps([texts, queries], ensure_ascii=False), encoding="utf-8")

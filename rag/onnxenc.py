@@ -26,7 +26,9 @@ __all__ = ["OnnxEncoder", "export_onnx", "onnx_ready", "RUNTIME", "ONNX_DIR"]
 
 
 RUNTIME = "onnx-fp32"
-ONNX_DIR = "onnx"  # inside the converted model folder
+# inside the converted model folder, one folder per format: a cache shared with an older rag keeps
+# that one's files too, so neither rewrites (or swaps away) the files the other is loading
+ONNX_DIR = "onnx-3"
 _GRAPH, _WORDS, _MARKER = "encoder.onnx", "word_embeddings.npy", "rag_onnx.json"
 _SPM, _TAIL = "tokenizer.model", "tokenizer_tail.json"
 _FORMAT = "rag-onnx-bert/3"  # bump when the written files change (3: fused operators, `lengths` input)
@@ -144,7 +146,7 @@ def _sentencepiece_model(model_dir: Path) -> tuple[bytes, dict]:
 
 
 def export_onnx(model_dir: str | Path) -> Path:
-    """Write ``onnx/`` (graph, memory-mappable word embeddings, marker) into a converted bundled
+    """Write ``onnx-3/`` (graph, memory-mappable word embeddings, marker) into a converted bundled
     model folder, atomically: a temporary sibling swapped into place (rag.storage.swap_into_place)."""
     import onnx
 
@@ -166,7 +168,7 @@ def export_onnx(model_dir: str | Path) -> Path:
         for f in tmp.iterdir():
             os.chmod(f, 0o644)
         os.chmod(tmp, 0o755)
-        swap_into_place(tmp, target)  # an older format's onnx/ is exchanged in one step, never half there
+        swap_into_place(tmp, target)  # a damaged one is exchanged in one step, never half there
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -174,7 +176,7 @@ def export_onnx(model_dir: str | Path) -> Path:
 
 
 def onnx_ready(model_dir: str | Path) -> bool:
-    """True if the folder's ``onnx/`` was completely written by this format (sizes as recorded)."""
+    """True if the folder's ``onnx-3/`` was completely written by this format (sizes as recorded)."""
     folder = Path(model_dir) / ONNX_DIR
     try:
         marker = json.loads((folder / _MARKER).read_text("utf-8"))

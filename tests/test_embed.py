@@ -239,7 +239,9 @@ def test_a_missing_or_damaged_onnx_file_is_written_again(tmp_path, damage):
     import sys
 
     cache, model = _copy_model(tmp_path)
-    graph = model / "onnx" / "encoder.onnx"
+    from rag.onnxenc import ONNX_DIR
+
+    graph = model / ONNX_DIR / "encoder.onnx"
     size = graph.stat().st_size
     graph.unlink()  # it is a hard link to the shared cache: never write through it
     if damage == "truncated":
@@ -283,22 +285,24 @@ def resolve_bundled():
     return Path(resolve_model(ModelSettings()))
 
 
-def test_an_older_format_onnx_folder_is_upgraded_on_first_use(tmp_path):
-    """A cache written by an older rag (its marker names format 2 and the graph takes ``mask_bias``) is
-    rewritten once, swapped in whole: the new graph is loaded and gives the same vectors, and no
-    temporary or old folder is left behind."""
+def test_a_cache_from_an_older_rag_gets_the_new_graph_beside_its_own(tmp_path):
+    """A cache written by an older rag holds only its ``onnx/`` (format 2, graph fed ``mask_bias``): the
+    format-3 files are written once beside it, whole (a temporary folder renamed into place), and
+    loaded; the older folder is left for the older rag sharing the cache, so neither rewrites the
+    other's files."""
     import subprocess
     import sys
 
     from rag.onnxenc import ONNX_DIR
 
     cache, model = _copy_model(tmp_path)
-    marker = model / ONNX_DIR / "rag_onnx.json"
-    old = json.loads(marker.read_text(encoding="utf-8"))
-    old["format"] = "rag-onnx-bert/2"
-    marker.unlink()  # a hard link to the shared cache: never write through it
-    marker.write_text(json.dumps(old), encoding="utf-8")
-    graph_inode = (model / ONNX_DIR / "encoder.onnx").stat().st_ino
+    shutil.rmtree(model / ONNX_DIR)
+    older = model / "onnx"
+    shutil.rmtree(older, ignore_errors=True)
+    older.mkdir()
+    (older / "rag_onnx.json").write_text(json.dumps({"format": "rag-onnx-bert/2", "runtime": "onnx-fp32",
+                                                     "sizes": {"encoder.onnx": 5}}), encoding="utf-8")
+    (older / "encoder.onnx").write_bytes(b"older")
     code = ("from rag.embed import get_encoder; import numpy as np; e = get_encoder(); "
             "v = e.encode_queries(['格尔木的开发区在全国排第几？']); np.save(r'%s', v); "
             "print(e.runtime, [i.name for i in e.session.get_inputs()])") % (tmp_path / "q.npy")
@@ -307,9 +311,10 @@ def test_an_older_format_onnx_folder_is_upgraded_on_first_use(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split("\n")[0] == "onnx-fp32 ['words', 'lengths']"
     assert "writing the ONNX encoder" in proc.stderr and "Traceback" not in proc.stderr
-    assert json.loads(marker.read_text(encoding="utf-8"))["format"] == "rag-onnx-bert/3"
-    assert (model / ONNX_DIR / "encoder.onnx").stat().st_ino != graph_inode
-    assert sorted(p.name for p in model.iterdir() if p.name.startswith(ONNX_DIR)) == [ONNX_DIR]
+    marker = json.loads((model / ONNX_DIR / "rag_onnx.json").read_text(encoding="utf-8"))
+    assert marker["format"] == "rag-onnx-bert/3"
+    assert (older / "encoder.onnx").read_bytes() == b"older"
+    assert sorted(p.name for p in model.iterdir() if p.name.startswith("onnx")) == sorted(["onnx", ONNX_DIR])
     from rag.embed import get_encoder
 
     want = get_encoder().encode_queries(["格尔木的开发区在全国排第几？"])
