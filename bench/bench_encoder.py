@@ -107,10 +107,13 @@ def main() -> None:
             before = Path(args.before).resolve()
             variants["before"] = (before, _before_model(before, model_dir, tmp), "")
         if not args.no_int8:
+            from onnx import TensorProto
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
             int8 = tmp / "encoder-int8.onnx"
-            quantize_dynamic(str(Path(model_dir) / ONNX_DIR / "encoder.onnx"), str(int8), weight_type=QuantType.QInt8)
+            # the fused operators have no ONNX shape inference: name the float type (Attention becomes QAttention)
+            quantize_dynamic(str(Path(model_dir) / ONNX_DIR / "encoder.onnx"), str(int8), weight_type=QuantType.QInt8,
+                             extra_options={"DefaultTensorType": TensorProto.FLOAT})
             variants["onnx-int8"] = (ROOT, model_dir, str(int8))
         data = tmp / "texts.json"
         data.write_text(json.dumps([texts, queries], ensure_ascii=False), encoding="utf-8")
