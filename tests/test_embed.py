@@ -239,7 +239,9 @@ def test_a_missing_or_damaged_onnx_file_is_written_again(tmp_path, damage):
     import sys
 
     cache, model = _copy_model(tmp_path)
-    graph = model / "onnx" / "encoder.onnx"
+    from rag.onnxenc import ONNX_DIR
+
+    graph = model / ONNX_DIR / "encoder.onnx"
     size = graph.stat().st_size
     graph.unlink()  # it is a hard link to the shared cache: never write through it
     if damage == "truncated":
@@ -255,6 +257,68 @@ def test_a_missing_or_damaged_onnx_file_is_written_again(tmp_path, damage):
     assert proc.stdout.split() == ["onnx-fp32", "(1,", "384)", "1.0"]
     assert "Traceback" not in proc.stderr
     assert graph.stat().st_size == size
+
+
+def test_the_loaded_graph_is_the_fused_one(encoder):
+    """The default encoder runs the format-3 graph: onnxruntime's fused Attention /
+    SkipLayerNormalization / BiasGelu operators, fed each row's token count (parity with the
+    reference is held by the tests above)."""
+    import onnx
+
+    from rag.onnxenc import ONNX_DIR, onnx_ready
+
+    assert [i.name for i in encoder.session.get_inputs()] == ["words", "lengths"]
+    folder = resolve_bundled()
+    assert onnx_ready(folder)
+    graph = onnx.load(str(folder / ONNX_DIR / "encoder.onnx"), load_external_data=False)
+    ops = [n.op_type for n in graph.graph.node]
+    assert ops.count("Attention") == ops.count("BiasGelu") == 12 and ops.count("SkipLayerNormalization") == 24
+    assert "Softmax" not in ops and len(ops) < 100
+
+
+def resolve_bundled():
+    from pathlib import Path
+
+    from rag.config import ModelSettings
+    from rag.embed import resolve_model
+
+    return Path(resolve_model(ModelSettings()))
+
+
+def test_a_cache_from_an_older_rag_gets_the_new_graph_beside_its_own(tmp_path):
+    """A cache written by an older rag holds only its ``onnx/`` (format 2, graph fed ``mask_bias``): the
+    format-3 files are written once beside it, whole (a temporary folder renamed into place), and
+    loaded; the older folder is left for the older rag sharing the cache, so neither rewrites the
+    other's files."""
+    import subprocess
+    import sys
+
+    from rag.onnxenc import ONNX_DIR
+
+    cache, model = _copy_model(tmp_path)
+    shutil.rmtree(model / ONNX_DIR)
+    older = model / "onnx"
+    shutil.rmtree(older, ignore_errors=True)
+    older.mkdir()
+    (older / "rag_onnx.json").write_text(json.dumps({"format": "rag-onnx-bert/2", "runtime": "onnx-fp32",
+                                                     "sizes": {"encoder.onnx": 5}}), encoding="utf-8")
+    (older / "encoder.onnx").write_bytes(b"older")
+    code = ("from rag.embed import get_encoder; import numpy as np; e = get_encoder(); "
+            "v = e.encode_queries(['格尔木的开发区在全国排第几？']); np.save(r'%s', v); "
+            "print(e.runtime, [i.name for i in e.session.get_inputs()])") % (tmp_path / "q.npy")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "RAG_CACHE": str(cache)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split("\n")[0] == "onnx-fp32 ['words', 'lengths']"
+    assert "writing the ONNX encoder" in proc.stderr and "Traceback" not in proc.stderr
+    marker = json.loads((model / ONNX_DIR / "rag_onnx.json").read_text(encoding="utf-8"))
+    assert marker["format"] == "rag-onnx-bert/3"
+    assert (older / "encoder.onnx").read_bytes() == b"older"
+    assert sorted(p.name for p in model.iterdir() if p.name.startswith("onnx")) == sorted(["onnx", ONNX_DIR])
+    from rag.embed import get_encoder
+
+    want = get_encoder().encode_queries(["格尔木的开发区在全国排第几？"])
+    assert float((np.load(tmp_path / "q.npy") * want).sum()) >= 0.99999
 
 
 def test_one_shot_cli_does_not_import_torch_or_gradio(index_dir):
