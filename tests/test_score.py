@@ -129,6 +129,8 @@ def test_relative_year_check(asked, sentence_rel, sentence_years, article_rel, m
     ("办营业执照要多长时间？", "3个工作日内办结", 1.0),
     ("办证要多久？", "当天即可领取", 1.0),
     ("办证要多久？", "2023年5月起实行新办法", 0.0),             # a date is no span of time
+    ("审批时间从几天缩到几天？", "将5天缩减至1天", 1.0),           # 几天 asks a span too, though 时间 is said
+    ("考核是哪几天进行的？", "12月19日至27日进行", 1.0),          # 哪几天 asks dates
 ])
 def test_fact_match(question, sentence, expected):
     assert fact_match(analyze_question(question, TOK), sentence) == expected
