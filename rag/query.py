@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from .meta import Filters
 from .types import QuestionKind
-from .zh import MEASURE_WORDS, Tokenizer, default_tokenizer, fold_width, is_han, numbers_in, relative_years, years_in
+from .zh import MEASURE_WORDS, Tokenizer, default_tokenizer, fold_width, numbers_in, relative_years, years_in
 
 __all__ = ["Question", "QuestionInfo", "analyze_question", "SOFT_TERMS", "is_followup", "resolve_followup"]
 
@@ -40,7 +40,6 @@ class QuestionInfo:
     numbers: tuple[str, ...]
     places: tuple[str, ...] = ()  # places the question names (zh.place_key form: "德令哈", "海西")
     years: tuple[str, ...] = ()  # years it names ("2023", or relative to the paper: "去年")
-    counted: str = ""  # what a 多少/几 question counts ("几家上市公司": "上市公司"), or ""
 
 
 @dataclass(frozen=True)
@@ -91,24 +90,8 @@ def _analyze(question: str, tokenizer: Tokenizer) -> QuestionInfo:
     bare = set(numbers_in(q))
     terms = tuple(dict.fromkeys(t for t in tokenizer.words(q) if t not in _QUESTION_WORDS and t not in bare
                                 and "几" not in t and not (len(t) == 1 and (t in _WEAK_CHARS or not t.isalnum()))))
-    counted = _counted(q[m.end():], tokenizer) if m and kind is QuestionKind.COUNT else ""
     return QuestionInfo(question, terms, kind, measure, numbers, tuple(tokenizer.place_names(q)),
-                        tuple(years_in(q) + relative_years(q)), counted)
-
-
-def _counted(rest: str, tokenizer: Tokenizer) -> str:
-    """The head noun of the phrase after 多少/几 + measure word: what is counted ("上市公司",
-    "创新创业团队" -> "团队", "企业签了…" -> "企业"); "" when none (多少钱, 几个？)."""
-    head, nouns = "", []
-    for w, flag in tokenizer.pos_cut(rest):
-        if flag.startswith(("u", "x", "y", "p", "c")) or not all(is_han(c) for c in w):
-            break
-        if flag.startswith("n"):
-            nouns.append(w)
-            head = w if len(w) >= 2 else "".join(nouns[-2:])
-        elif nouns and flag.startswith("v"):
-            break  # 企业签了…: the verb after the counted thing
-    return head if len(head) >= 2 else ""
+                        tuple(years_in(q) + relative_years(q)))
 
 
 # Generic question nouns: they say what kind of answer is wanted, not what it is about.

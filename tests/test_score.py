@@ -122,9 +122,6 @@ def test_relative_year_check(asked, sentence_rel, sentence_years, article_rel, m
     ("普查员每天补贴多少钱？", "全省共选聘6845名普查员", 0.0),      # a rate is not answered by a count
     ("人才每月补贴多少？", "设立3200万元人才发展专项资金", 0.0),
     ("农民一年每人多挣多少？", "人均年增收1.8万元", 0.5),        # a rate: its number counts as any number
-    ("高新区有几家上市公司？", "2家企业获评高技能人才培训基地", 0.5),  # a count, but not of what is asked
-    ("高新区有几家上市公司？", "区内现有上市公司3家", 1.0),
-    ("引进了多少个创新创业团队？", "引进创新创业团队12个", 1.0),    # the head noun (团队) of the counted thing
     ("网上签一份合同要多久？", "现在一两分钟就能签一个", 1.0),      # 多久 asks a span of time, not a date
     ("办营业执照要多长时间？", "3个工作日内办结", 1.0),
     ("办证要多久？", "当天即可领取", 1.0),
@@ -188,18 +185,6 @@ def _ev(features, *, missing_places=(), missing_years=(), start=0, missing_fact=
 def test_question_kind_and_measure(question, kind, measure):
     info = analyze_question(question, TOK)
     assert (info.kind.value, info.measure) == (kind, measure)
-
-
-@pytest.mark.parametrize("question, counted", [
-    ("鄂尔多斯高新区有几家上市公司？", "上市公司"),
-    ("海西州引进了多少个创新创业团队？", "团队"),
-    ("全市已经有多少家企业签了电子劳动合同？", "企业"),   # the verb after it ends the counted thing
-    ("茫崖义诊一共看了多少病人？", "病人"),
-    ("普查员每天补贴多少钱？", ""),
-    ("一共有几个？", ""),
-])
-def test_what_a_count_question_counts(question, counted):
-    assert analyze_question(question, TOK).counted == counted
 
 
 @pytest.mark.parametrize("features, missing, no_fact, outcome", [
