@@ -71,3 +71,19 @@ def run_cli(*args, stdin: str | None = None, env: dict | None = None, cwd: Path 
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "rag", *args], input=stdin, capture_output=True, text=True,
                           env=full_env, cwd=cwd or ROOT, timeout=600)
+
+
+def build_two_page_index(tmp_path: Path, **settings) -> tuple[Path, dict]:
+    """An index of two small test pages (bom_page, gbk_page) built with these settings, and its manifest."""
+    import json
+    import shutil
+
+    from rag.config import Settings
+    from rag.pipeline import build_index
+
+    seeds = tmp_path / "seeds"
+    seeds.mkdir()
+    for name in ("bom_page.txt", "gbk_page.txt"):
+        shutil.copy(DATA / "pages" / name, seeds / name)
+    build_index(seeds, tmp_path / "index", settings=Settings.of(**settings))
+    return seeds, json.loads((tmp_path / "index" / "manifest.json").read_text(encoding="utf-8"))

@@ -16,7 +16,7 @@ from rag.ingest import list_pages
 from rag.pipeline import add_pages, build_index, get_engine, index_status
 from rag.zh import STOPWORDS, Tokenizer, default_tokenizer
 
-from .conftest import DATA, SEEDS, run_cli
+from .conftest import DATA, SEEDS, build_two_page_index, run_cli
 
 
 def test_index_folder_holds_plain_files_with_a_manifest(index_dir):
@@ -242,14 +242,7 @@ def test_adding_a_page_reuses_old_vectors(index_dir, tmp_path, encoder):
 
 
 def test_large_indexes_switch_to_hnsw_and_record_it(tmp_path, encoder):
-    from rag.config import Settings
-
-    seeds = tmp_path / "seeds"
-    seeds.mkdir()
-    for name in ("bom_page.txt", "gbk_page.txt"):
-        shutil.copy(DATA / "pages" / name, seeds / name)
-    build_index(seeds, tmp_path / "index", settings=Settings.of(exact_search_max=1))
-    m = json.loads((tmp_path / "index" / "manifest.json").read_text(encoding="utf-8"))
+    _, m = build_two_page_index(tmp_path, exact_search_max=1)
     assert m["dense_index"] == "hnsw-flat-ip" and m["settings"]["retrieval"]["exact_search_max"] == 1
     hits = get_engine(tmp_path / "index").search("垃圾分类投放点新建多少个？", k=2)
     assert hits and "120" in hits[0].chunk.text

@@ -17,7 +17,7 @@ from rag.errors import BadInput
 from rag.ingest import read_page
 from rag.index import load_index
 
-from .conftest import DATA, ROOT, SEEDS
+from .conftest import DATA, ROOT, SEEDS, build_two_page_index
 
 SMALL_PAGES = sorted(p.with_name(p.name.replace(".gold.json", ".txt")) for p in (DATA / "pages").glob("*.gold.json"))
 
@@ -169,16 +169,10 @@ def test_an_ivf_index_probing_few_lists_still_filters_exactly(monkeypatch):
 def test_an_index_above_the_hnsw_size_is_ivf_float16_and_answers(tmp_path, encoder, monkeypatch):
     """Lowered thresholds: a real build records the IVF kind, searches and answers from it, and an add rebuilds it."""
     from rag import store as store_mod
-    from rag.config import Settings
-    from rag.pipeline import add_pages, build_index, get_engine
+    from rag.pipeline import add_pages, get_engine
 
     monkeypatch.setattr(store_mod, "HNSW_MAX", 1)
-    seeds = tmp_path / "seeds"
-    seeds.mkdir()
-    for name in ("bom_page.txt", "gbk_page.txt"):
-        shutil.copy(DATA / "pages" / name, seeds / name)
-    build_index(seeds, tmp_path / "index", settings=Settings.of(exact_search_max=1))
-    m = json.loads((tmp_path / "index" / "manifest.json").read_text(encoding="utf-8"))
+    seeds, m = build_two_page_index(tmp_path, exact_search_max=1)
     assert m["dense_index"] == "ivf-fp16-ip" and m["dense_params"]["nlist"] >= 1
     hits = get_engine(tmp_path / "index").search("垃圾分类投放点新建多少个？", k=2)
     assert hits and "120" in hits[0].chunk.text
