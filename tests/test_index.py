@@ -260,3 +260,23 @@ def test_adding_a_bad_page_changes_nothing(index_dir, tmp_path):
     assert "Traceback" not in proc.stderr
     assert (target / "manifest.json").read_text(encoding="utf-8") == before
     assert not (tmp_path / "seeds").exists()
+
+
+def test_corpus_lookups_answer_as_the_plain_string_does(index_dir, monkeypatch):
+    """Index.corpus_text skips the scan for a word with a character pair the corpus lacks; every
+    answer equals a substring test of the text (also with tiny blocks, so pairs across block edges count)."""
+    import random
+
+    from rag.index import CorpusText
+
+    text = load_index(index_dir).corpus_text.text
+    monkeypatch.setattr(CorpusText, "_BLOCK", 97)
+    corpus = CorpusText(text)
+    rng = random.Random(7)
+    words = ["暖气费", "孩子上学", "格尔木", "电子劳动合同", "零跑腿", "x", ""]
+    for _ in range(3000):
+        a = rng.randrange(len(text))
+        words.append(text[a:a + rng.randrange(1, 7)] if rng.random() < 0.5 else
+                     "".join(rng.choice(text) for _ in range(rng.randrange(1, 5))))
+    assert [w in corpus for w in words] == [w in text for w in words]
+    assert sum(w in text for w in words) > 1000 and sum(w not in text for w in words) > 500
