@@ -139,7 +139,15 @@ def _open_marker(pg, n: int, nth_link: int = 0):
 
 def _mark(pg, text: str):
     mark = pg.locator(HIGHLIGHT).filter(has_text=text).first
-    mark.wait_for(timeout=15_000)
+    try:
+        mark.wait_for(timeout=15_000)
+    except Exception:  # what the page showed instead, for the failure report
+        from .conftest import ARTIFACTS
+
+        ARTIFACTS.mkdir(exist_ok=True)
+        pg.screenshot(path=str(ARTIFACTS / f"failed-mark-{getattr(pg, 'size', 'page')}.png"), full_page=True)
+        raise AssertionError(f"no highlighted {text!r} in the article view: "
+                             f"{pg.locator('#article-view').inner_text()[:300]!r}") from None
     pg.wait_for_function("(t) => { const r = [...document.querySelectorAll(" + repr(HIGHLIGHT) + ")]"
                          ".find(m => m.textContent.includes(t)); if (!r) return false; "
                          "const b = r.getBoundingClientRect(); return b.top >= 0 && b.bottom <= innerHeight; }",
