@@ -177,10 +177,18 @@ _DATE_IN_TEXT = re.compile(r"\d{4}年(?:\d{1,2}月)?(?:\d{1,2}日)?|\d{1,2}月(?
 _CLOCK_Q = re.compile(r"几点|几时")
 _DURATION_Q = re.compile(r"多久|多长时间|多少时间|(?<![哪这那近前])几(?:天|个?月|个?小时|分钟)|多少天")
 _DURATION_A = re.compile(r"(?:\d+(?:\.\d+)?|[一二三四五六七八九十两半几百]+)\s*(?:个)?(?:分钟|小时|钟头|天|日|周|星期|个月|年)"
-                         r"|工作日|当天|当场|即时|立即|即办|马上")
+                         r"|工作日|当天|当场|即时|立即|即办|马上"
+                         r"|每(?:个)?(?:季度|年|月|周|星期|天|日|半年)|季度")  # 多久…一次: how often
 _CLOCK_A = re.compile(r"\d{1,2}(?:[:：]\d{2}|时|点)|[一二三四五六七八九十]+点")
 _RATE_Q = re.compile(r"每[一]?[人月年天日周次户个只张位名家亩门件斤]|人均|户均|一[只张件斤]多少钱|多少钱一[只张件斤个]")
 _RATE_A = re.compile(r"每|人均|户均|[/／]|元[/／]")
+# a sum of money is asked (奖金是多少, 花了多少钱, 产值多少): it is written in 元 (块 in speech); a change
+# (涨了多少, 增长多少) may be a share instead; a rate (税率, 比例) is not a sum
+_MONEY_Q = re.compile(r"(?:钱|奖金|金额|资金|投资|投入|产值|收入|营收|销售额|工资|薪水|补贴|补助|奖励|费用|经费|价格|票价|成本|花了|挣|赚)"
+                      r"[^，,。？?]{0,6}(?:多少|几)(?![个名人家项次位台场套份件条所批类户间座辆岁倍])")
+_MONEY_A = re.compile(r"\d[\d.]*\s*(?:余|多)?(?:万|亿)?(?:余|多)?元|[一二三四五六七八九十百千万两]+(?:万|亿)?元")
+_CHANGE_Q = re.compile(r"涨|增|提高|提升|上升|降|减|少了|多了")
+_SHARE_A = re.compile(r"[%％]|倍|[一二三四五六七八九]成")
 _NUMBER_A = re.compile(rf"{_NUM}\s*(?:%|％|[{MEASURE_WORDS}])|\d")
 # measure words that count the same things ("多少名" is answered by "73人")
 _SAME_MEASURE = {"名": "名人位", "人": "人名位", "位": "位名人", "个": "个项处家所", "项": "项个", "钱": "元",
@@ -207,6 +215,11 @@ def fact_match(info: QuestionInfo, sentence: str) -> float:
         return 1.0 if _DATE_A.search(s) else 0.0
     if _RATE_Q.search(info.text) and not _RATE_A.search(s):
         return 0.0  # 每月/每人/人均 asks a rate: a total (146万元, 3200万元) does not answer it
+    if _MONEY_Q.search(info.text) and not re.search(r"率|比例|百分", info.text) and not _MONEY_A.search(s) \
+            and not (_CHANGE_Q.search(info.text) and _SHARE_A.search(s)):
+        # a sum of money is asked: a count of projects or people does not answer it (a sum in 元 is
+        # only a number of the right kind: 146万元 of a talent fund does not answer a wage question)
+        return 0.0
     units = _SAME_MEASURE.get(info.measure, info.measure)
     # an approximate amount counts too: 670余套, 3000多名, 1.2万余人
     if units and re.search(rf"{_NUM}\s*[余多]?(?:万|亿)?[余多]?[{re.escape(units)}]", s):

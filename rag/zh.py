@@ -312,9 +312,21 @@ def relative_years(text: str) -> list[str]:
     return list(dict.fromkeys(m.group(0) for m in _RELATIVE_YEAR_RE.finditer(text)))
 
 
+_ZH_DIGITS = {"〇": "0", "零": "0", "○": "0", "Ｏ": "0", "一": "1", "二": "2", "三": "3", "四": "4", "五": "5",
+              "六": "6", "七": "7", "八": "8", "九": "9"}
+_ZH_YEAR_RE = re.compile(r"二[〇零○Ｏ][〇零○Ｏ一二三四五六七八九]{2}(?=年)")
+
+
 def years_in(text: str) -> list[str]:
-    """Four-digit years 2000-2099 written in a text ("2023年", "2024—2026年")."""
-    return list(dict.fromkeys(m.group(1) for m in _YEAR_RE.finditer(fold_width(text))))
+    """Four-digit years 2000-2099 written in a text ("2023年", "2024—2026年", "二〇二三年").
+
+    >>> years_in("二〇二三年全县乐器出口额增长35％，2024—2026年再翻一番")
+    ['2023', '2024', '2026']
+    """
+    folded = fold_width(text)
+    found = [(m.start(), "".join(_ZH_DIGITS[c] for c in m.group(0))) for m in _ZH_YEAR_RE.finditer(folded)]
+    found += [(m.start(), m.group(1)) for m in _YEAR_RE.finditer(folded)]
+    return list(dict.fromkeys(y for _, y in sorted(found)))
 
 
 def local_place_names(texts: Iterable[str]) -> list[str]:
