@@ -107,7 +107,9 @@ def list_items(text: str, near: int, *, max_items: int = 6, max_chars: int = 360
                 s = pos + line.index(stripped)
                 heads.append((s, s + len(stripped)))
             pos += len(line) + 1
-        if len(heads) >= 2:
+        # section heads list what the article's opening sums up; evidence inside a section is about
+        # that section, whose heads are not its items
+        if len(heads) >= 2 and near < heads[0][0]:
             groups = [heads]
     if not groups:
         return []
@@ -127,6 +129,12 @@ def list_items(text: str, near: int, *, max_items: int = 6, max_chars: int = 360
         out.append((s, e))
         used += e - s
     return out
+
+
+def _enumerates(sentence: str) -> bool:
+    """Whether a sentence lists three or more things itself ("建成妇女之家、青年之家、工会驿站"): then it
+    is the list asked for, not the numbered items elsewhere in its article."""
+    return sentence.count("、") >= 2 or sentence.count("；") >= 2
 
 
 def _answer_from(index: Index, question: str, spans: list[tuple[str, int, int]], **extra) -> Answer:
@@ -180,7 +188,7 @@ def compose_answer(index: Index, question: Question, hits: list[Hit], settings: 
     verdict = judge(evidence, params, limit=limit)
     if verdict.chosen:
         best = verdict.chosen[0]
-        if info.kind is QuestionKind.LIST:
+        if info.kind is QuestionKind.LIST and not _enumerates(best.text):
             items = list_items(index.articles[best.article_id].text, best.start,
                                max_items=params.list_items, max_chars=params.list_chars)
             if len(items) >= 2:
