@@ -24,7 +24,7 @@ from .errors import BadInput, IndexFormat, IndexNotFound
 from .index import Index, check_fresh, load_index, seed_hashes, sidecar_hash, stale_pages, write_index
 from .ingest import MAX_PAGE_CHUNKS, list_pages, page_name_problem, read_page
 from .meta import SIDECAR, Filters, PageMeta, page_meta, read_sidecar, set_sidecar_entry
-from .query import Question, resolve_followup
+from .query import Question, in_context, resolve_followup
 from .retrieve import check_query
 from .score import ScoringParams
 from .retrieve import search as _search
@@ -509,6 +509,17 @@ class Engine:
         hits = self.search(q, k=k, retriever=retriever, scoring=scoring, query_vector=vector)
         t1 = time.perf_counter()
         answer = compose_answer(self.index, q, hits, self.settings.answer, query_vector=vector, scoring=scoring)
+        if (answer.refused or answer.partial) and history:
+            # a question that leans on the conversation without saying so ("登记啥时候开始？"): the
+            # previous topic is tried too, and its answer kept only if it is a full one
+            topic = in_context(q.text, [h for h in history if isinstance(h, str)], self.index.tokenizer)
+            if topic and len(topic) <= self.settings.answer.max_question_chars:
+                q2 = Question.of(q.text, resolved=topic, filters=q.filters, tokenizer=self.index.tokenizer)
+                v2 = self.query_vectors([topic])[0]
+                hits2 = self.search(q2, k=k, retriever=retriever, scoring=scoring, query_vector=v2)
+                answer2 = compose_answer(self.index, q2, hits2, self.settings.answer, query_vector=v2, scoring=scoring)
+                if not (answer2.refused or answer2.partial):
+                    q, hits, vector, answer = q2, hits2, v2, answer2
         t2 = time.perf_counter()
         timings = {"retrieve_ms": round((t1 - t0) * 1000, 1), "answer_ms": round((t2 - t1) * 1000, 1)}
         if mode is AnswerMode.LLM:

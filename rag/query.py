@@ -9,7 +9,7 @@ from .meta import Filters
 from .types import QuestionKind
 from .zh import MEASURE_WORDS, Tokenizer, default_tokenizer, fold_width, numbers_in, relative_years, years_in
 
-__all__ = ["Question", "QuestionInfo", "analyze_question", "SOFT_TERMS", "is_followup", "resolve_followup"]
+__all__ = ["Question", "QuestionInfo", "analyze_question", "SOFT_TERMS", "is_followup", "resolve_followup", "in_context"]
 
 _NUM = r"(?:\d+(?:\.\d+)?|[一二三四五六七八九十百千万两]+)"
 # what the question asks for, recognised from its wording
@@ -142,8 +142,31 @@ def resolve_followup(question: str, history: list[str], tokenizer: Tokenizer | N
         if place and new and place not in new:
             return prev.replace(place, new, 1)
         return f"{new}{prev}" if new else prev
+    return _with_topic(q, prev, tokenizer) or q
+
+
+def _with_topic(q: str, prev: str, tokenizer: Tokenizer | None) -> str | None:
     topic = [t for t in analyze_question(prev, tokenizer).terms if t not in SOFT_TERMS and t not in q]
-    return f"{q.rstrip('？?')}（{''.join(topic)}）？" if topic else q
+    return f"{q.rstrip('？?')}（{''.join(topic)}）？" if topic else None
+
+
+def in_context(question: str, history: list[str], tokenizer: Tokenizer | None = None) -> str | None:
+    """The question read in the conversation's topic, for a question that stands alone in form but
+    may lean on the previous one ("登记啥时候开始？" after "五经普一共选聘了多少普查员？" becomes
+    "登记啥时候开始（五经普选聘普查员）？"); None when it is a follow-up already (``resolve_followup``
+    handles it), names a place of its own, or there is no earlier question.
+
+    >>> from rag.zh import Tokenizer
+    >>> in_context("登记啥时候开始？", ["五经普一共选聘了多少普查员？"], Tokenizer(places=["西宁"]))
+    '登记啥时候开始（五经普选聘普查员）？'
+    >>> in_context("西宁呢？", ["五经普一共选聘了多少普查员？"], Tokenizer(places=["西宁"])) is None
+    True
+    """
+    q = question.strip()
+    prev = next((h.strip() for h in reversed(history) if h and h.strip()), "")
+    if not prev or is_followup(q, tokenizer) or analyze_question(q, tokenizer).places:
+        return None
+    return _with_topic(q, prev, tokenizer)
 
 
 def _place_in(text: str, tokenizer: Tokenizer) -> str | None:
