@@ -97,6 +97,20 @@ def test_follow_up_questions_are_resolved(engine, question, previous, expected):
     assert expected in resolve_followup(question, previous, engine.index.tokenizer)
 
 
+def test_a_question_that_leans_on_the_conversation_without_saying_so(engine):
+    """"登记啥时候开始？" names neither 五经普 nor a follow-up word: alone it is refused; after a 五经普
+    question it is read in that topic and answered with the date, from the 五经普 article."""
+    previous = ["五经普一共选聘了多少普查员？"]
+    assert engine.ask("登记啥时候开始？").refused
+    ans = engine.ask("登记啥时候开始？", history=previous)
+    assert not ans.refused and not ans.partial
+    assert "2024年1月1日" in ans.answer
+    assert ans.resolved_question.startswith("登记啥时候开始（")
+    assert all("五经普" in c.title for c in ans.citations)
+    # the previous topic does not make the pages answer what they do not hold
+    assert engine.ask("最低工资标准是多少？", history=previous).refused
+
+
 def test_follow_up_in_a_conversation(engine):
     first = engine.ask("电子劳动合同有什么好处？")
     assert not first.refused

@@ -9,7 +9,7 @@ import pytest
 
 from rag.answer import list_items
 from rag.evaluate import gold_spans, load_qa
-from rag.query import analyze_question, resolve_followup
+from rag.query import analyze_question, in_context, resolve_followup
 from rag.score import (FEATURES, Evidence, ScoringParams, fact_match, fit_logistic, judge, load_scoring, place_check,
                        relative_year_check, save_scoring, term_coverage, year_check)
 from rag.zh import Tokenizer, local_place_names, place_key, relative_years, years_in
@@ -58,6 +58,9 @@ def test_place_key(name, key):
     ("《行动方案（2024—2026年）》", ["2024", "2026"]),
     ("增长了12345元，共20人", []),
     ("２０２２年", ["2022"]),
+    ("二〇二三年全县乐器出口额同比增长35％", ["2023"]),    # a year in Chinese numerals
+    ("二零二四年，2025年", ["2024", "2025"]),
+    ("一二三年级", []),
 ])
 def test_years_in(text, years):
     assert years_in(text) == years
@@ -122,12 +125,22 @@ def test_relative_year_check(asked, sentence_rel, sentence_years, article_rel, m
     ("普查员每天补贴多少钱？", "全省共选聘6845名普查员", 0.0),      # a rate is not answered by a count
     ("人才每月补贴多少？", "设立3200万元人才发展专项资金", 0.0),
     ("农民一年每人多挣多少？", "人均年增收1.8万元", 0.5),        # a rate: its number counts as any number
+    ("农民一年每人多挣多少？", "带动农民就业300人", 0.0),
     ("网上签一份合同要多久？", "现在一两分钟就能签一个", 1.0),      # 多久 asks a span of time, not a date
     ("办营业执照要多长时间？", "3个工作日内办结", 1.0),
     ("办证要多久？", "当天即可领取", 1.0),
     ("办证要多久？", "2023年5月起实行新办法", 0.0),             # a date is no span of time
     ("审批时间从几天缩到几天？", "将5天缩减至1天", 1.0),           # 几天 asks a span too, though 时间 is said
     ("考核是哪几天进行的？", "12月19日至27日进行", 1.0),          # 哪几天 asks dates
+    ("账目多久公开一回？", "每季度公开一次账目", 1.0),            # 多久…一回 asks how often
+    ("账目多久公开一回？", "账目由议事会商量决定", 0.0),
+    ("这个奖的奖金是多少？", "第三批人才工作奖授予该部门", 0.0),    # a sum of money is written in 元
+    ("这个奖的奖金是多少？", "奖金5万元", 0.5),                    # a sum, though maybe another one
+    ("修这条路花了多少钱？", "硬化道路1.2公里，惠及300户", 0.0),
+    ("修这条路花了几万块？", "投入资金三万元", 1.0),                 # the asked unit: 万
+    ("工资涨了多少？", "月工资提高15%", 0.5),                      # a change may be a share
+    ("企业所得税税率是多少？", "减按15%征收", 0.5),                # a rate is not a sum of money
+    ("签了多少个项目，金额多少？", "签约项目86个，签约金额612亿元", 1.0),
 ])
 def test_fact_match(question, sentence, expected):
     assert fact_match(analyze_question(question, TOK), sentence) == expected
@@ -154,6 +167,8 @@ def test_list_items_take_the_enumeration_near_the_evidence():
     assert [text[s:e] for s, e in list_items(text, far)] == ["（一）第一项。", "（二）第二项。"]
     heads = "总述。\n筑牢“红色堡垒”\n正文。\n激活人才引擎\n正文。"
     assert [heads[s:e] for s, e in list_items(heads, 0)] == ["筑牢“红色堡垒”", "激活人才引擎"]
+    # evidence inside a section is about that section: the heads are not its items
+    assert list_items(heads, heads.index("正文")) == []
     assert list_items("没有列举的文章。只有一句。", 0) == []
     assert len(list_items("。".join(f"{n}是第{n}项" for n in "一二三四五六七八") + "。", 0, max_items=4)) == 4
 
@@ -256,6 +271,16 @@ def test_gold_spans_tolerate_repair_changes(text, gold, found):
 ])
 def test_follow_ups_substitute_the_entity(question, previous, expected):
     assert resolve_followup(question, previous, TOK) == expected
+
+
+@pytest.mark.parametrize("question, previous, expected", [
+    ("登记啥时候开始？", ["五经普一共选聘了多少普查员？"], "登记啥时候开始（五经普选聘普查员）？"),
+    ("那西宁呢？", ["格尔木的开发区在全国排第几？"], None),            # a follow-up already: resolve_followup's
+    ("西宁的开发区排第几？", ["格尔木的开发区在全国排第几？"], None),   # names its own place: a new topic
+    ("登记啥时候开始？", [], None),
+])
+def test_in_context_reads_a_question_in_the_previous_topic(question, previous, expected):
+    assert in_context(question, previous, TOK) == expected
 
 
 def test_load_qa_reads_kinds_pages_and_histories(tmp_path):
