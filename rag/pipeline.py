@@ -505,23 +505,29 @@ class Engine:
         mode = AnswerMode.parse(mode or self.settings.answer.mode, "answer mode")
         t0 = time.perf_counter()
         q = self.question(question, history=history, filters=filters)
-        vector = self.query_vectors([q.resolved])[0]
-        hits = self.search(q, k=k, retriever=retriever, scoring=scoring, query_vector=vector)
-        t1 = time.perf_counter()
-        answer = compose_answer(self.index, q, hits, self.settings.answer, query_vector=vector, scoring=scoring)
+        spent = {"retrieve_ms": 0.0, "answer_ms": 0.0}
+
+        def extractive(q: Question):
+            t1 = time.perf_counter()
+            vector = self.query_vectors([q.resolved])[0]
+            hits = self.search(q, k=k, retriever=retriever, scoring=scoring, query_vector=vector)
+            t2 = time.perf_counter()
+            answer = compose_answer(self.index, q, hits, self.settings.answer, query_vector=vector, scoring=scoring)
+            spent["retrieve_ms"] += (t2 - t1) * 1000
+            spent["answer_ms"] += (time.perf_counter() - t2) * 1000
+            return hits, answer
+
+        hits, answer = extractive(q)
         if (answer.refused or answer.partial) and history:
             # a question that leans on the conversation without saying so ("登记啥时候开始？"): the
             # previous topic is tried too, and its answer kept only if it is a full one
             topic = in_context(q.text, [h for h in history if isinstance(h, str)], self.index.tokenizer)
             if topic and len(topic) <= self.settings.answer.max_question_chars:
                 q2 = Question.of(q.text, resolved=topic, filters=q.filters, tokenizer=self.index.tokenizer)
-                v2 = self.query_vectors([topic])[0]
-                hits2 = self.search(q2, k=k, retriever=retriever, scoring=scoring, query_vector=v2)
-                answer2 = compose_answer(self.index, q2, hits2, self.settings.answer, query_vector=v2, scoring=scoring)
+                hits2, answer2 = extractive(q2)
                 if not (answer2.refused or answer2.partial):
-                    q, hits, vector, answer = q2, hits2, v2, answer2
-        t2 = time.perf_counter()
-        timings = {"retrieve_ms": round((t1 - t0) * 1000, 1), "answer_ms": round((t2 - t1) * 1000, 1)}
+                    q, hits, answer = q2, hits2, answer2
+        timings = {name: round(ms, 1) for name, ms in spent.items()}
         if mode is AnswerMode.LLM:
             from .generate import generate_answer
 
