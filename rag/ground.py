@@ -1,5 +1,5 @@
 """Grounding check for generated answers: every number, date, percentage, amount and quoted name a
-sentence states must occur in the excerpts it cites; markers must point at real excerpts; a sentence
+sentence states must occur in the excerpts it cites, each number said of what the excerpts say it of; markers must point at real excerpts; a sentence
 without a marker is attached to the excerpt that supports it, or dropped. Pure functions."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from .zh import MEASURE_WORDS, bigram_share, fold_width, is_han, split_sentences
 
 __all__ = ["GroundedAnswer", "normalize_numbers", "facts_in", "support", "check_answer", "source_forms",
-           "REFUSAL_RE"]
+           "REFUSAL_RE", "misattributed"]
 
 _CN_DIGITS = {"零": 0, "〇": 0, "一": 1, "二": 2, "两": 2, "三": 3, "四": 4, "五": 5, "六": 6, "七": 7, "八": 8, "九": 9}
 _CN_UNITS = {"十": 10, "百": 100, "千": 1000}
@@ -42,7 +42,7 @@ def normalize_numbers(text: str) -> str:
     ``一百二十八`` -> ``128``; thousands separators dropped. Applied to answers and excerpts alike.
 
     >>> normalize_numbers("百分之十，一百二十八位，１,２００人")
-    '10%，128位，1200人'
+    '10%,128位,1200人'
     """
     t = fold_width(text).replace("％", "%")
     t = re.sub(r"百分之([零〇一二两三四五六七八九十百]+|\d+(?:\.\d+)?)",
@@ -92,6 +92,52 @@ def _fact_ok(fact: str, excerpts: list[str]) -> bool:
     return False
 
 
+_CLAUSE_STOP = "、，,；;：:。！？!?（）()"
+
+
+def _said_of(text: str) -> list[tuple[str, str, str]]:
+    """Each number of a (normalised) text with the words around it in its clause, back to the previous
+    number and on to the next ("高新技术企业11家、科技型企业29家": 11 between 高新技术企业 and 家)."""
+    nums = list(_NUM_RE.finditer(text))
+    out = []
+    for i, m in enumerate(nums):
+        left = text[nums[i - 1].end() if i else 0:m.start()]
+        right = text[m.end():nums[i + 1].start() if i + 1 < len(nums) else len(text)]
+        left = left[max((left.rfind(c) for c in _CLAUSE_STOP), default=-1) + 1:][-8:]
+        stops = [j for j in (right.find(c) for c in _CLAUSE_STOP) if j >= 0]
+        out.append((m.group(0), left, right[:min(stops, default=len(right))][:8]))
+    return out
+
+
+def misattributed(sentence: str, excerpts: list[str]) -> list[str]:
+    """The numbers a sentence says of something the excerpts give another number for: a model that
+    read "高新技术企业11家、…中小企业12家" and wrote "高新技术企业12家" states a number that is in the
+    excerpt, of the wrong thing. The words around each number of the sentence (before it, or after
+    it: "11家高新技术企业") are matched with those around each number of the excerpts (character
+    bigrams); a number is misattributed when the best match, at least half, is around another number.
+    Numbers with no words around them ("2023年", "12月19日") are left alone. The words are those of
+    the number's clause: in "钾肥…779万吨、占全国产量的80％，碳酸锂产量5.6万吨、占全国产量的14％" both
+    shares have the same words, so 80％ said of 碳酸锂 is not caught, and "碳酸锂占14％" is taken for
+    5.6's (that answer falls back to the extractive one).
+
+    >>> ex = ["全市培育高新技术企业11家、科技型企业29家、创新型中小企业12家。"]
+    >>> misattributed("全市培育高新技术企业12家。", ex), misattributed("培育了11家高新技术企业和29家科技型企业。", ex)
+    (['12'], [])
+    """
+    spots = [spot for e in excerpts for spot in _said_of(normalize_numbers(e).replace(" ", ""))]
+    wrong = []
+    for n, lead, tail in _said_of(normalize_numbers(sentence).replace(" ", "")):
+        if sum(1 for c in lead + tail if is_han(c)) < 3:
+            continue
+        # the words around the number, or those after it against those before the excerpt's ("11家高新技术企业")
+        scored = [(max(bigram_share(lead + tail, e_lead + e_tail, digits_only=False),
+                       bigram_share(tail, e_lead, digits_only=False)), m) for m, e_lead, e_tail in spots]
+        best = max((sc for sc, _ in scored), default=0.0)
+        if best >= 0.5 and not any(sc == best and m.rstrip("%") == n.rstrip("%") for sc, m in scored):
+            wrong.append(n)
+    return wrong
+
+
 @dataclass
 class GroundedAnswer:
     """The checked answer: sentences kept with their excerpt numbers, and what was repaired."""
@@ -132,14 +178,15 @@ def check_answer(answer: str, excerpts: list[str], *, min_support: float = 0.4) 
         facts = facts_in(body)
         if valid:
             cited = [excerpts[n - 1] for n in valid]
-            if all(_fact_ok(f, cited) for f in facts) and max(support(body, c) for c in cited) >= min_support:
+            if all(_fact_ok(f, cited) for f in facts) and max(support(body, c) for c in cited) >= min_support \
+                    and not misattributed(body, cited):
                 out.sentences.append((body, valid))
                 continue
         # find the excerpt that supports the sentence and holds all its facts
         best, best_support = None, 0.0
         for i, ex in enumerate(excerpts, start=1):
             sup = support(body, ex)
-            if sup > best_support and all(_fact_ok(f, [ex]) for f in facts):
+            if sup > best_support and all(_fact_ok(f, [ex]) for f in facts) and not misattributed(body, [ex]):
                 best, best_support = i, sup
         if best is not None and best_support >= min_support:
             out.sentences.append((body, [best]))
@@ -147,9 +194,11 @@ def check_answer(answer: str, excerpts: list[str], *, min_support: float = 0.4) 
             out.reasons.append(f"attached [{best}] to “{body[:20]}”")
         else:
             missing = [f for f in facts if not _fact_ok(f, excerpts)]
+            wrong = misattributed(body, excerpts)
             out.dropped.append(body)
-            out.reasons.append(f"dropped “{body[:20]}”: " + (f"{', '.join(missing)} not in the excerpts"
-                                                             if missing else "not supported by an excerpt"))
+            out.reasons.append(f"dropped “{body[:20]}”: " + (f"{', '.join(missing)} not in the excerpts" if missing else
+                                                             f"{', '.join(wrong)} said of something else than in the excerpts"
+                                                             if wrong else "not supported by an excerpt"))
     return out
 
 

@@ -82,6 +82,29 @@ def test_whole_numbers_in_any_form_pass(answer, excerpt):
     assert check_answer(answer, [excerpt]).ok
 
 
+_FIRMS = "全市培育高新技术企业11家、科技型企业29家、创新型中小企业12家、“专精特新”中小企业12家。"
+_POTASH = "2022年盐湖产业实现产值589.4亿元，钾肥产量达到779万吨、占全国产量的80％，碳酸锂产量5.6万吨、占全国产量的14％。"
+
+
+@pytest.mark.parametrize("answer, excerpt, ok", [
+    # a number of the excerpt said of another thing than the excerpt says it of (the local model did this)
+    ("格尔木市全市培育高新技术企业12家[1]。", _FIRMS, False),
+    ("钾肥产量5.6万吨[1]。", _POTASH, False),
+    # the same facts, reworded or in another order
+    ("格尔木市全市培育高新技术企业11家[1]。", _FIRMS, True),
+    ("全市培育了11家高新技术企业和29家科技型企业[1]。", _FIRMS, True),
+    ("高新技术企业有11家，科技型企业29家[1]。", _FIRMS, True),
+    ("“专精特新”中小企业有12家[1]。", _FIRMS, True),
+    ("钾肥产量占全国的80%[1]。", _POTASH, True),
+    ("2022年盐湖产业产值为589.4亿元[1]。", _POTASH, True),
+])
+def test_each_number_is_said_of_what_the_excerpt_says_it_of(answer, excerpt, ok):
+    g = check_answer(answer, [excerpt])
+    assert g.ok is ok, g.reasons
+    if not ok:
+        assert "said of something else" in g.reasons[-1]
+
+
 def test_marker_after_the_full_stop_belongs_to_the_sentence_before():
     g = check_answer("开发区位列128位。[1]试点企业签订电子劳动合同182份。[2]", EXCERPTS)
     assert g.sentences == [("开发区位列128位。", [1]), ("试点企业签订电子劳动合同182份。", [2])]
