@@ -23,7 +23,8 @@ from .errors import BadInput, IndexFormat, IndexNotFound, IndexStale
 from .meta import SIDECAR
 from .store import Store, StoreSpec, build_store, open_store
 from .storage import file_checksums, make_temp_dir, read_lock, swap_into_place, verify_files
-from .types import Article, Chunk, article_from_dict, chunk_from_dict, to_dict
+from .records import ChunkTable, SentenceRecords
+from .types import Article, Chunk, article_from_dict, to_dict
 from .zh import Tokenizer, default_tokenizer, fold_width
 
 __all__ = ["FORMAT_VERSION", "Index", "write_index", "load_index", "seed_hashes", "sidecar_hash", "stale_pages", "library_versions"]
@@ -48,11 +49,12 @@ class Index:
     manifest: dict
     settings: Settings
     articles: dict[str, Article]
-    chunks: list[Chunk]
+    # row i = vector i = BM25 document i; held as columns (``rag.records``), ``chunks[i]`` is the Chunk
+    chunks: ChunkTable
     store: Store
     # one record per article sentence ({"article_id", "start", "end", "places", "years"}) and its
-    # passage vector, row i = record i: the answer scoring's semantic and place/year evidence
-    sentences: list[dict] = field(default_factory=list)
+    # passage vector, row i = record i: the answer scoring's semantic and place/year evidence (columns too)
+    sentences: SentenceRecords | None = None
     sentence_vectors: np.ndarray | None = None
     # what later stages derive from this index once (rag.score's sentence table, the evidence a search
     # scored for its answer); it goes when the index goes
@@ -60,6 +62,12 @@ class Index:
     # how this index splits text (BM25 build and query, term coverage, question analysis): its own
     # jieba dictionary with its terms and places, its stopwords and BM25 k1/b, as recorded when built
     tokenizer: Tokenizer = field(default_factory=default_tokenizer, repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.chunks, ChunkTable):  # records given as lists (a caller's own index)
+            self.chunks = ChunkTable(self.articles, self.chunks)
+        if not isinstance(self.sentences, SentenceRecords):
+            self.sentences = SentenceRecords(self.articles, self.sentences or ())
 
     @cached_property
     def corpus_text(self) -> "CorpusText":
@@ -290,16 +298,35 @@ def write_index(out_dir: str | Path, *, articles: list[Article], chunks: list[Ch
     return out_dir
 
 
-def _read_jsonl(path: Path, make) -> list:
-    out = []
+def _iter_jsonl(path: Path, make):
+    """The records of a JSON lines file, one at a time (a million chunks are not held as dicts at once)."""
     with path.open(encoding="utf-8") as f:
         for n, line in enumerate(f, start=1):
             if line.strip():
                 try:
-                    out.append(make(json.loads(line)))
+                    rec = make(json.loads(line))
                 except (ValueError, TypeError, KeyError) as exc:
                     raise IndexFormat(f"{path} line {n} is corrupt ({exc}); rebuild the index with `rag index`") from None
-    return out
+                yield rec
+
+
+def _read_jsonl(path: Path, make) -> list:
+    return list(_iter_jsonl(path, make))
+
+
+def _fields(required: tuple[str, ...], optional: tuple[str, ...] = ()):
+    """A check that a JSON record is an object with these fields (what rebuilding a dataclass checked)."""
+    need, allowed = set(required), set(required) | set(optional)
+
+    def check(d: dict) -> dict:
+        if not isinstance(d, dict) or not need <= set(d) <= allowed:
+            raise TypeError(f"fields {sorted(d) if isinstance(d, dict) else type(d).__name__}, expected {sorted(allowed)}")
+        return d
+    return check
+
+
+_CHUNK_FIELDS = ("chunk_id", "article_id", "ordinal", "start", "end", "text", "embed_text")
+_SENTENCE_FIELDS = ("article_id", "start", "end")
 
 
 def load_index(path: str | Path, *, model: str | None = None, verify: bool = False,
@@ -345,21 +372,24 @@ def _load_index(path: Path, *, model: str | None, verify: bool, token: str | Non
     verify_files(path, files, full=verify)
     try:
         articles = _read_jsonl(path / "articles.jsonl", article_from_dict)
-        chunks = _read_jsonl(path / "chunks.jsonl", chunk_from_dict)
+        by_id = {a.article_id: a for a in articles}
+        try:
+            chunks = ChunkTable(by_id, _iter_jsonl(path / "chunks.jsonl", _fields(_CHUNK_FIELDS)))
+        except KeyError:
+            raise IndexFormat(f"index at {path} has chunks of unknown articles; rebuild it with `rag index`") from None
         if "tokenizer" not in manifest:
             raise IndexFormat(f"index at {path} records no tokenizer (stopwords, BM25 k1/b; built by an older rag); "
                               f"rebuild it with `rag index`")
         tokenizer = _read_tokenizer(path, manifest["tokenizer"])
         if "sentences" not in manifest:
             raise IndexFormat(f"index at {path} has no sentence vectors (built by an older rag); rebuild it with `rag index`")
-        sentences = _read_jsonl(path / "sentences.jsonl", dict)
+        sentences = SentenceRecords(by_id, _iter_jsonl(path / "sentences.jsonl", _fields(_SENTENCE_FIELDS, ("places", "years"))))
         # float16 as stored, memory-mapped: a question reads the rows of its candidates only (two
         # million sentences would be 3 GB as float32 in memory)
         sentence_vectors = np.load(path / "sentences.npy", allow_pickle=False, mmap_mode="r")
     except (OSError, RuntimeError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise IndexFormat(f"index at {path} is damaged ({first}); rebuild it with `rag index`") from None
-    by_id = {a.article_id: a for a in articles}
     # first: its chunk count and vector dimension are the first consistency checks
     store = open_store(path, manifest.get("store") or {"kind": "faiss"}, dimension=dim, count=len(chunks),
                        token=token, articles=by_id)
@@ -368,9 +398,6 @@ def _load_index(path: Path, *, model: str | None, verify: bool, token: str | Non
         store.close()
         raise IndexFormat(f"index at {path} has {len(sentences)} sentences but {len(sentence_vectors)} sentence "
                           f"vectors; rebuild it with `rag index`")
-    if any(c.article_id not in by_id for c in chunks):
-        store.close()
-        raise IndexFormat(f"index at {path} has chunks of unknown articles; rebuild it with `rag index`")
     return Index(path, manifest, settings, by_id, chunks, store, sentences, sentence_vectors, tokenizer=tokenizer)
 
 
