@@ -285,23 +285,19 @@ def serve(index_dir: Path, n_questions: int) -> dict:
     steps["questions"] = _status_mb("VmRSS")
     ix = engine.index
     parts = {
-        "chunks": _deep_mb(ix.chunks, len(ix.chunks), lambda c: gs(c) + gs(c.text) + gs(c.embed_text) + gs(c.chunk_id)
-                           + gs(c.article_id)),
+        "chunks (columns)": ix.chunks.nbytes / 2**20,
         "articles": _deep_mb(list(ix.articles.values()), len(ix.articles),
                              lambda a: gs(a) + gs(a.text) + gs(a.title) + gs(a.article_id) + 100),
-        "sentences (dicts)": _deep_mb(ix.sentences, len(ix.sentences),
-                                      lambda r: gs(r) + gs(r["places"]) + gs(r["years"]) + 2 * 32),
-        "corpus_text": gs(ix.__dict__.get("corpus_text", "")) / 2**20,
+        "sentences (columns)": ix.sentences.nbytes / 2**20,
+        "corpus_text": gs(getattr(ix.__dict__.get("corpus_text"), "text", "")) / 2**20,
         "term_idf": (gs(ix.__dict__.get("term_idf", {})) + 120 * len(ix.__dict__.get("term_idf", {}))) / 2**20,
     }
-    table = ix.derived.get("sentence_table")
-    if table is not None:
-        parts["sentence table facts"] = _deep_mb(table.facts, len(table.facts), lambda f: gs(f) + gs(f.places) + 40)
-        parts["sentence table folded"] = _deep_mb(list(table.folded.values()), len(table.folded), gs)
     bm = ix.store.bm25_index
-    parts["bm25 arrays"] = sum(np.asarray(v).nbytes for v in bm.scores.values() if hasattr(v, "nbytes")) / 2**20
+    parts["bm25 arrays" + (" (mapped)" if isinstance(bm.scores["data"], np.memmap) else "")] = \
+        sum(np.asarray(v).nbytes for v in bm.scores.values() if hasattr(v, "nbytes")) / 2**20
     parts["faiss (file)"] = (ix.path / "dense.faiss").stat().st_size / 2**20
-    print("  RSS after each step (MB): " + ", ".join(f"{k} {v:,.0f}" for k, v in steps.items()), flush=True)
+    print("  RSS after each step (MB): " + ", ".join(f"{k} {v:,.0f}" for k, v in steps.items())
+          + f"; at the end anonymous {_status_mb('RssAnon'):,.0f}, file-backed {_status_mb('RssFile'):,.0f}", flush=True)
     print("  estimated sizes (MB): " + ", ".join(f"{k} {v:,.0f}" for k, v in parts.items()), flush=True)
     return {"load_s": round(t_load, 1), "encoder_s": round(t_enc, 1), "first_ask_s": round(t_first, 1),
             "questions": len(qs), "encode_p50_ms": round(_pct(enc, 50), 1),
