@@ -23,7 +23,7 @@ from .errors import BadInput, IndexFormat, IndexNotFound, IndexStale
 from .meta import SIDECAR
 from .store import Store, StoreSpec, build_store, open_store
 from .storage import file_checksums, make_temp_dir, read_lock, swap_into_place, verify_files
-from .records import ChunkTable, SentenceRecords
+from .records import ChunkTable, SentenceRecords, VectorRows
 from .types import Article, Chunk, article_from_dict, to_dict
 from .zh import Tokenizer, default_tokenizer, fold_width
 
@@ -55,7 +55,7 @@ class Index:
     # one record per article sentence ({"article_id", "start", "end", "places", "years"}) and its
     # passage vector, row i = record i: the answer scoring's semantic and place/year evidence (columns too)
     sentences: SentenceRecords | None = None
-    sentence_vectors: np.ndarray | None = None
+    sentence_vectors: VectorRows | np.ndarray | None = None
     # what later stages derive from this index once (rag.score's sentence table, the evidence a search
     # scored for its answer); it goes when the index goes
     derived: dict = field(default_factory=dict, repr=False)
@@ -384,9 +384,9 @@ def _load_index(path: Path, *, model: str | None, verify: bool, token: str | Non
         if "sentences" not in manifest:
             raise IndexFormat(f"index at {path} has no sentence vectors (built by an older rag); rebuild it with `rag index`")
         sentences = SentenceRecords(by_id, _iter_jsonl(path / "sentences.jsonl", _fields(_SENTENCE_FIELDS, ("places", "years"))))
-        # float16 as stored, memory-mapped: a question reads the rows of its candidates only (two
-        # million sentences would be 3 GB as float32 in memory)
-        sentence_vectors = np.load(path / "sentences.npy", allow_pickle=False, mmap_mode="r")
+        # float16 as stored, read from the file: a question reads the rows of its candidates only (two
+        # million sentences would be 3 GB as float32 in memory; a memory map kept what it had read)
+        sentence_vectors = VectorRows(path / "sentences.npy")
     except (OSError, RuntimeError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise IndexFormat(f"index at {path} is damaged ({first}); rebuild it with `rag index`") from None

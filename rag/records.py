@@ -10,13 +10,15 @@ with, ``sentences[row]`` the same dict; a chunk that is not what ``rag.chunk`` m
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 
 from .types import Article, Chunk
 
-__all__ = ["ChunkTable", "SentenceRecords"]
+__all__ = ["ChunkTable", "SentenceRecords", "VectorRows"]
 
 
 def _ids_of(articles: Mapping[str, Article] | Sequence[Article]) -> tuple[list[Article], dict[str, int]]:
@@ -213,3 +215,88 @@ class SentenceRecords(Sequence):
         """Bytes of the columns (not the names)."""
         return sum(a.nbytes for a in (self.article_rows, self.starts, self.ends, *self._ids.values(),
                                       *self._offsets.values()))
+
+
+class VectorRows:
+    """The rows of a 2-d ``.npy`` file, read from the file when asked for (``rows[i]``, ``rows[[i, j]]``).
+
+    A memory map of the sentence vectors (1.6 GB of float16 at a million chunks) kept every page a
+    question had read in the server's resident memory, ~1 GB after 200 questions; a read leaves
+    them to the page cache. ``np.asarray(rows)`` reads the whole file.
+    """
+
+    _BLOCK = 65_536  # rows a time when iterating
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._file = open(self.path, "rb", buffering=0)
+        try:
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                           (2, 0): np.lib.format.read_array_header_2_0}.get(np.lib.format.read_magic(self._file))
+            if read_header is None:
+                raise ValueError(f"{self.path} is not a .npy file of a version this numpy reads")
+            shape, fortran, dtype = read_header(self._file)
+            if fortran or dtype.hasobject:
+                raise ValueError(f"{self.path} holds a Fortran-ordered or object array")
+            self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+            self._offset = self._file.tell()
+            self._row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+            size = os.fstat(self._file.fileno()).st_size
+            if size < self._offset + (self.shape[0] if self.shape else 1) * self._row_bytes:
+                raise ValueError(f"{self.path} is truncated ({size:,} bytes for an array of shape {self.shape})")
+        except BaseException:
+            self._file.close()
+            raise
+        self._fd = self._file.fileno()
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _read(self, start: int, count: int) -> np.ndarray:
+        out = bytearray(count * self._row_bytes)
+        view, done, at = memoryview(out), 0, self._offset + start * self._row_bytes
+        while done < len(out):  # a read returns at most ~2 GB
+            n = os.preadv(self._file.fileno(), [view[done:]], at + done)
+            if n <= 0:
+                raise OSError(f"{self.path} ended before row {start + count}")
+            done += n
+        return np.frombuffer(out, dtype=self.dtype).reshape(count, *self.shape[1:])
+
+    def __getitem__(self, key) -> np.ndarray:
+        if isinstance(key, slice):
+            start, stop, step = key.indices(len(self))
+            block = self._read(start, max(0, stop - start))
+            return block[::step] if step != 1 else block
+        if np.ndim(key) == 0:
+            row = int(key)
+            if row < 0:
+                row += len(self)
+            if not 0 <= row < len(self):
+                raise IndexError(f"row must be in [0, {len(self)}), got {key}")
+            data = os.pread(self._fd, self._row_bytes, self._offset + row * self._row_bytes)
+            if len(data) != self._row_bytes:  # the one call a question makes per sentence: kept short
+                raise OSError(f"{self.path} ended before row {row}")
+            return np.frombuffer(data, dtype=self.dtype).reshape(self.shape[1:])
+        rows = np.asarray(key, dtype=np.int64).reshape(-1)
+        out = np.empty((len(rows), self.shape[1]), dtype=self.dtype)
+        for i, r in enumerate(rows):
+            out[i] = self[r]
+        return out
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for start in range(0, len(self), self._BLOCK):
+            yield from self._read(start, min(self._BLOCK, len(self) - start))
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        whole = self._read(0, len(self))
+        return whole if dtype is None else whole.astype(dtype, copy=False)
+
+    def __repr__(self) -> str:
+        return f"VectorRows({self.path}, shape={self.shape}, dtype={self.dtype})"
+
+    def close(self) -> None:
+        self._file.close()

@@ -130,3 +130,18 @@ def test_sentence_table_of_a_loaded_index_answers(index):
     rec = index.sentences[row]
     assert rec["article_id"] == art.article_id and rec["start"] <= pos < rec["end"]
     assert np.asarray(table.vectors[row]).shape == (index.dimension,)
+
+
+def test_sentence_vectors_are_read_from_the_file_as_stored(index, index_dir, tmp_path):
+    from rag.records import VectorRows
+
+    stored = np.load(index_dir / "sentences.npy")
+    rows = index.sentence_vectors
+    assert isinstance(rows, VectorRows) and rows.shape == stored.shape and rows.dtype == stored.dtype
+    assert np.array_equal(np.asarray(rows), stored) and np.array_equal(rows[[4, 0, 4]], stored[[4, 0, 4]])
+    assert np.array_equal(rows[-1], stored[-1]) and np.array_equal(np.stack(list(rows)), stored)
+    with pytest.raises(IndexError):
+        rows[len(stored)]
+    (tmp_path / "cut.npy").write_bytes((index_dir / "sentences.npy").read_bytes()[:1000])
+    with pytest.raises(ValueError, match="truncated"):
+        VectorRows(tmp_path / "cut.npy")
