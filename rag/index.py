@@ -72,7 +72,9 @@ class Index:
     @cached_property
     def corpus_text(self) -> "CorpusText":
         """Every article's title and text, width-folded and lower-cased: where a question's words are looked up."""
-        return CorpusText(fold_width("\n".join(a.title + "\n" + a.text for a in self.articles.values())).lower())
+        # folded article by article (folding and lower-casing keep to one character, and "\n" ends a
+        # word for lower(), so this is the fold of the joined text): no whole-corpus temporaries
+        return CorpusText("\n".join([fold_width(a.title + "\n" + a.text).lower() for a in self.articles.values()]))
 
     @cached_property
     def term_idf(self) -> dict[str, float]:
@@ -122,7 +124,7 @@ class CorpusText:
     never has is not in it (at a million chunks a scan of ~100 M characters took ~1 s per word). Answers
     are remembered."""
 
-    _BLOCK = 8_000_000  # characters per block when collecting the pairs (bounded temporary memory)
+    _BLOCK = 2_000_000  # characters per block when collecting the pairs (bounded temporary memory)
 
     def __init__(self, text: str):
         self.text = text
