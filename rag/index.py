@@ -72,9 +72,7 @@ class Index:
     @cached_property
     def corpus_text(self) -> "CorpusText":
         """Every article's title and text, width-folded and lower-cased: where a question's words are looked up."""
-        # folded article by article (folding and lower-casing keep to one character, and "\n" ends a
-        # word for lower(), so this is the fold of the joined text): no whole-corpus temporaries
-        return CorpusText("\n".join([fold_width(a.title + "\n" + a.text).lower() for a in self.articles.values()]))
+        return CorpusText(_folded_corpus(self.articles.values()))
 
     @cached_property
     def term_idf(self) -> dict[str, float]:
@@ -163,6 +161,26 @@ class CorpusText:
                 self._memo.clear()
             self._memo[word] = found
         return found
+
+
+def _folded_corpus(articles) -> str:
+    """``fold_width("\\n".join(title + "\\n" + text of every article)).lower()``, made a block of articles
+    at a time (folding and lower-casing map one character at a time, and "\\n" ends a word for
+    ``lower()``): the whole corpus's temporaries, and a piece per article that stayed in the heap once
+    freed (+0.2 GB RSS at a million chunks), are not made."""
+    blocks, texts, size = [], [], 0
+    for a in articles:
+        texts += (a.title, a.text)
+        size += len(a.title) + len(a.text) + 2
+        if size >= _CORPUS_BLOCK:
+            blocks.append(fold_width("\n".join(texts)).lower())
+            texts, size = [], 0
+    if texts:
+        blocks.append(fold_width("\n".join(texts)).lower())
+    return "\n".join(blocks)
+
+
+_CORPUS_BLOCK = 20_000_000  # characters: a block's strings are allocated and freed on their own (above malloc's heap sizes)
 
 
 def spec_of(path: Path, manifest: dict | None) -> StoreSpec:
