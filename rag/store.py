@@ -163,8 +163,9 @@ class FaissStore:
             kept = np.zeros_like(scores)
             kept[where.rows] = scores[where.rows]
             scores = kept
-        top = top_rows(scores, n)
-        return [(int(r), float(scores[r])) for r in top if scores[r] > 0]
+        held = np.flatnonzero(scores > 0)  # the chunks holding a query token; the rest never rank
+        top = held[top_rows(scores[held], n)]
+        return [(int(r), float(scores[r])) for r in top]
 
     def hybrid(self, tokens: list[str], vector: np.ndarray, n: int, where: Where, *, weights: tuple[float, float],
                k: int) -> list[tuple[int, float]]:
