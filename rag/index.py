@@ -397,13 +397,19 @@ def _load_index(path: Path, *, model: str | None, verify: bool, token: str | Non
             chunks = ChunkTable(by_id, _iter_jsonl(path / "chunks.jsonl", _fields(_CHUNK_FIELDS)))
         except KeyError:
             raise IndexFormat(f"index at {path} has chunks of unknown articles; rebuild it with `rag index`") from None
+        except (TypeError, OverflowError) as exc:  # a field of the wrong type (an offset that is not a number)
+            raise IndexFormat(f"{path / 'chunks.jsonl'} is corrupt ({exc}); rebuild the index with `rag index`") from None
         if "tokenizer" not in manifest:
             raise IndexFormat(f"index at {path} records no tokenizer (stopwords, BM25 k1/b; built by an older rag); "
                               f"rebuild it with `rag index`")
         tokenizer = _read_tokenizer(path, manifest["tokenizer"])
         if "sentences" not in manifest:
             raise IndexFormat(f"index at {path} has no sentence vectors (built by an older rag); rebuild it with `rag index`")
-        sentences = SentenceRecords(by_id, _iter_jsonl(path / "sentences.jsonl", _fields(_SENTENCE_FIELDS, ("places", "years"))))
+        try:
+            sentences = SentenceRecords(by_id, _iter_jsonl(path / "sentences.jsonl",
+                                                           _fields(_SENTENCE_FIELDS, ("places", "years"))))
+        except (TypeError, OverflowError) as exc:
+            raise IndexFormat(f"{path / 'sentences.jsonl'} is corrupt ({exc}); rebuild the index with `rag index`") from None
         # float16 as stored, read from the file: a question reads the rows of its candidates only (two
         # million sentences would be 3 GB as float32 in memory; a memory map kept what it had read)
         sentence_vectors = VectorRows(path / "sentences.npy")

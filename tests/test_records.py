@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import shutil
 from dataclasses import replace
 
 import numpy as np
@@ -145,3 +146,24 @@ def test_sentence_vectors_are_read_from_the_file_as_stored(index, index_dir, tmp
     (tmp_path / "cut.npy").write_bytes((index_dir / "sentences.npy").read_bytes()[:1000])
     with pytest.raises(ValueError, match="truncated"):
         VectorRows(tmp_path / "cut.npy")
+
+
+@pytest.mark.parametrize("name, field, value", [("chunks.jsonl", "start", "zero"), ("chunks.jsonl", "article_id", "gone"),
+                                                ("sentences.jsonl", "end", [1]), ("sentences.jsonl", "places", 7)])
+def test_a_record_with_a_wrong_field_is_refused_as_corrupt(index_dir, tmp_path, name, field, value):
+    """A hand-edited record is 'rebuild it with `rag index`', not a traceback (the checksums are skipped
+    by removing the file's manifest entry, as an edit that also fixed the manifest would)."""
+    from rag.errors import IndexFormat
+
+    folder = tmp_path / "index"
+    shutil.copytree(index_dir, folder)
+    lines = (folder / name).read_text(encoding="utf-8").splitlines()
+    rec = json.loads(lines[1])
+    rec[field] = value
+    lines[1] = json.dumps(rec, ensure_ascii=False)
+    (folder / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    del manifest["files"][name]
+    (folder / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False), encoding="utf-8")
+    with pytest.raises(IndexFormat, match="rebuild"):
+        load_index(folder)
