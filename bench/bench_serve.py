@@ -3,6 +3,7 @@ search and ask p50/p95, peak RSS of the serving process and what holds it.
 
     .venv/bin/python bench/bench_serve.py --chunks 100000
     .venv/bin/python bench/bench_serve.py --chunks 1000000 [--source /tmp/eval-index3] [--keep]
+    .venv/bin/python bench/bench_serve.py --index test-artifacts/bench_serve/index-1000000  # serve a kept one
 
 bench_scale.py measures the FAISS index alone; this writes a complete index folder (articles, chunks,
 sentences and their vectors, tokenizer files, FAISS + bm25s) with ``rag.index.write_index`` and serves
@@ -284,23 +285,19 @@ def serve(index_dir: Path, n_questions: int) -> dict:
     steps["questions"] = _status_mb("VmRSS")
     ix = engine.index
     parts = {
-        "chunks": _deep_mb(ix.chunks, len(ix.chunks), lambda c: gs(c) + gs(c.text) + gs(c.embed_text) + gs(c.chunk_id)
-                           + gs(c.article_id)),
+        "chunks (columns)": ix.chunks.nbytes / 2**20,
         "articles": _deep_mb(list(ix.articles.values()), len(ix.articles),
                              lambda a: gs(a) + gs(a.text) + gs(a.title) + gs(a.article_id) + 100),
-        "sentences (dicts)": _deep_mb(ix.sentences, len(ix.sentences),
-                                      lambda r: gs(r) + gs(r["places"]) + gs(r["years"]) + 2 * 32),
-        "corpus_text": gs(ix.__dict__.get("corpus_text", "")) / 2**20,
+        "sentences (columns)": ix.sentences.nbytes / 2**20,
+        "corpus_text": gs(getattr(ix.__dict__.get("corpus_text"), "text", "")) / 2**20,
         "term_idf": (gs(ix.__dict__.get("term_idf", {})) + 120 * len(ix.__dict__.get("term_idf", {}))) / 2**20,
     }
-    table = ix.derived.get("sentence_table")
-    if table is not None:
-        parts["sentence table facts"] = _deep_mb(table.facts, len(table.facts), lambda f: gs(f) + gs(f.places) + 40)
-        parts["sentence table folded"] = _deep_mb(list(table.folded.values()), len(table.folded), gs)
     bm = ix.store.bm25_index
-    parts["bm25 arrays"] = sum(np.asarray(v).nbytes for v in bm.scores.values() if hasattr(v, "nbytes")) / 2**20
+    parts["bm25 arrays" + (" (mapped)" if isinstance(bm.scores["data"], np.memmap) else "")] = \
+        sum(np.asarray(v).nbytes for v in bm.scores.values() if hasattr(v, "nbytes")) / 2**20
     parts["faiss (file)"] = (ix.path / "dense.faiss").stat().st_size / 2**20
-    print("  RSS after each step (MB): " + ", ".join(f"{k} {v:,.0f}" for k, v in steps.items()), flush=True)
+    print("  RSS after each step (MB): " + ", ".join(f"{k} {v:,.0f}" for k, v in steps.items())
+          + f"; at the end anonymous {_status_mb('RssAnon'):,.0f}, file-backed {_status_mb('RssFile'):,.0f}", flush=True)
     print("  estimated sizes (MB): " + ", ".join(f"{k} {v:,.0f}" for k, v in parts.items()), flush=True)
     return {"load_s": round(t_load, 1), "encoder_s": round(t_enc, 1), "first_ask_s": round(t_first, 1),
             "questions": len(qs), "encode_p50_ms": round(_pct(enc, 50), 1),
@@ -317,6 +314,7 @@ def main() -> None:
     ap.add_argument("--questions", type=int, default=100)
     ap.add_argument("--no-intern", action="store_true", help="keep write_index's token lists as rag makes them")
     ap.add_argument("--keep", action="store_true", help="keep the index folder")
+    ap.add_argument("--index", type=Path, help="serve this existing index folder (one --keep left) instead of building one")
     ap.add_argument("--serve", type=Path, help=argparse.SUPPRESS)  # the fresh serving process
     args = ap.parse_args()
     if args.serve:
@@ -324,9 +322,15 @@ def main() -> None:
         return
     print(f"uptime: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}", flush=True)
     WORK.mkdir(parents=True, exist_ok=True)
-    out = WORK / f"index-{args.chunks}"
-    fig = build(out, args.chunks, args.source, intern=not args.no_intern)
-    print("BUILD " + json.dumps(fig), flush=True)
+    if args.index:  # serve a kept index: its build figures are not known here
+        out = args.index
+        manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+        disk = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+        fig = {"chunks": manifest["counts"]["chunks"], "build_s": float("nan"), "disk_mb": round(disk / 2**20)}
+    else:
+        out = WORK / f"index-{args.chunks}"
+        fig = build(out, args.chunks, args.source, intern=not args.no_intern)
+        print("BUILD " + json.dumps(fig), flush=True)
     try:
         proc = subprocess.run([sys.executable, __file__, "--serve", str(out), "--questions", str(args.questions)],
                               stdout=subprocess.PIPE, text=True, cwd=ROOT)
@@ -335,13 +339,13 @@ def main() -> None:
         if line is None:
             sys.exit(f"bench_serve: the serving process failed (exit {proc.returncode})")
         result = {**fig, **json.loads(line[6:])}
-        (WORK / f"result-{args.chunks}.json").write_text(json.dumps(result, indent=2))
+        (WORK / f"result-{fig['chunks'] if args.index else args.chunks}.json").write_text(json.dumps(result, indent=2))
         print(f"| {fig['chunks']:,} | {fig['build_s']:.0f} | {fig['disk_mb']:,} | {result['load_s']} | "
               f"{result['search_p50_ms']} / {result['search_p95_ms']} | {result['ask_p50_ms']} / "
               f"{result['ask_p95_ms']} | {result['peak_rss_mb']:,} |", flush=True)
         print(f"uptime: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}", flush=True)
     finally:
-        if not args.keep:
+        if not args.keep and not args.index:
             shutil.rmtree(out, ignore_errors=True)
 
 

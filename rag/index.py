@@ -23,7 +23,8 @@ from .errors import BadInput, IndexFormat, IndexNotFound, IndexStale
 from .meta import SIDECAR
 from .store import Store, StoreSpec, build_store, open_store
 from .storage import file_checksums, make_temp_dir, read_lock, swap_into_place, verify_files
-from .types import Article, Chunk, article_from_dict, chunk_from_dict, to_dict
+from .records import ChunkTable, SentenceRecords, VectorRows
+from .types import Article, Chunk, article_from_dict, to_dict
 from .zh import Tokenizer, default_tokenizer, fold_width
 
 __all__ = ["FORMAT_VERSION", "Index", "write_index", "load_index", "seed_hashes", "sidecar_hash", "stale_pages", "library_versions"]
@@ -48,12 +49,13 @@ class Index:
     manifest: dict
     settings: Settings
     articles: dict[str, Article]
-    chunks: list[Chunk]
+    # row i = vector i = BM25 document i; held as columns (``rag.records``), ``chunks[i]`` is the Chunk
+    chunks: ChunkTable
     store: Store
     # one record per article sentence ({"article_id", "start", "end", "places", "years"}) and its
-    # passage vector, row i = record i: the answer scoring's semantic and place/year evidence
-    sentences: list[dict] = field(default_factory=list)
-    sentence_vectors: np.ndarray | None = None
+    # passage vector, row i = record i: the answer scoring's semantic and place/year evidence (columns too)
+    sentences: SentenceRecords | None = None
+    sentence_vectors: VectorRows | np.ndarray | None = None
     # what later stages derive from this index once (rag.score's sentence table, the evidence a search
     # scored for its answer); it goes when the index goes
     derived: dict = field(default_factory=dict, repr=False)
@@ -61,10 +63,16 @@ class Index:
     # jieba dictionary with its terms and places, its stopwords and BM25 k1/b, as recorded when built
     tokenizer: Tokenizer = field(default_factory=default_tokenizer, repr=False)
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.chunks, ChunkTable):  # records given as lists (a caller's own index)
+            self.chunks = ChunkTable(self.articles, self.chunks)
+        if not isinstance(self.sentences, SentenceRecords):
+            self.sentences = SentenceRecords(self.articles, self.sentences or ())
+
     @cached_property
     def corpus_text(self) -> "CorpusText":
         """Every article's title and text, width-folded and lower-cased: where a question's words are looked up."""
-        return CorpusText(fold_width("\n".join(a.title + "\n" + a.text for a in self.articles.values())).lower())
+        return CorpusText(_folded_corpus(self.articles.values()))
 
     @cached_property
     def term_idf(self) -> dict[str, float]:
@@ -114,7 +122,7 @@ class CorpusText:
     never has is not in it (at a million chunks a scan of ~100 M characters took ~1 s per word). Answers
     are remembered."""
 
-    _BLOCK = 8_000_000  # characters per block when collecting the pairs (bounded temporary memory)
+    _BLOCK = 2_000_000  # characters per block when collecting the pairs (bounded temporary memory)
 
     def __init__(self, text: str):
         self.text = text
@@ -153,6 +161,26 @@ class CorpusText:
                 self._memo.clear()
             self._memo[word] = found
         return found
+
+
+def _folded_corpus(articles) -> str:
+    """``fold_width("\\n".join(title + "\\n" + text of every article)).lower()``, made a block of articles
+    at a time (folding and lower-casing map one character at a time, and "\\n" ends a word for
+    ``lower()``): the whole corpus's temporaries, and a piece per article that stayed in the heap once
+    freed (+0.2 GB RSS at a million chunks), are not made."""
+    blocks, texts, size = [], [], 0
+    for a in articles:
+        texts += (a.title, a.text)
+        size += len(a.title) + len(a.text) + 2
+        if size >= _CORPUS_BLOCK:
+            blocks.append(fold_width("\n".join(texts)).lower())
+            texts, size = [], 0
+    if texts:
+        blocks.append(fold_width("\n".join(texts)).lower())
+    return "\n".join(blocks)
+
+
+_CORPUS_BLOCK = 20_000_000  # characters: a block's strings are allocated and freed on their own (above malloc's heap sizes)
 
 
 def spec_of(path: Path, manifest: dict | None) -> StoreSpec:
@@ -290,16 +318,35 @@ def write_index(out_dir: str | Path, *, articles: list[Article], chunks: list[Ch
     return out_dir
 
 
-def _read_jsonl(path: Path, make) -> list:
-    out = []
+def _iter_jsonl(path: Path, make):
+    """The records of a JSON lines file, one at a time (a million chunks are not held as dicts at once)."""
     with path.open(encoding="utf-8") as f:
         for n, line in enumerate(f, start=1):
             if line.strip():
                 try:
-                    out.append(make(json.loads(line)))
+                    rec = make(json.loads(line))
                 except (ValueError, TypeError, KeyError) as exc:
                     raise IndexFormat(f"{path} line {n} is corrupt ({exc}); rebuild the index with `rag index`") from None
-    return out
+                yield rec
+
+
+def _read_jsonl(path: Path, make) -> list:
+    return list(_iter_jsonl(path, make))
+
+
+def _fields(required: tuple[str, ...], optional: tuple[str, ...] = ()):
+    """A check that a JSON record is an object with these fields (what rebuilding a dataclass checked)."""
+    need, allowed = set(required), set(required) | set(optional)
+
+    def check(d: dict) -> dict:
+        if not isinstance(d, dict) or not need <= set(d) <= allowed:
+            raise TypeError(f"fields {sorted(d) if isinstance(d, dict) else type(d).__name__}, expected {sorted(allowed)}")
+        return d
+    return check
+
+
+_CHUNK_FIELDS = ("chunk_id", "article_id", "ordinal", "start", "end", "text", "embed_text")
+_SENTENCE_FIELDS = ("article_id", "start", "end")
 
 
 def load_index(path: str | Path, *, model: str | None = None, verify: bool = False,
@@ -345,21 +392,30 @@ def _load_index(path: Path, *, model: str | None, verify: bool, token: str | Non
     verify_files(path, files, full=verify)
     try:
         articles = _read_jsonl(path / "articles.jsonl", article_from_dict)
-        chunks = _read_jsonl(path / "chunks.jsonl", chunk_from_dict)
+        by_id = {a.article_id: a for a in articles}
+        try:
+            chunks = ChunkTable(by_id, _iter_jsonl(path / "chunks.jsonl", _fields(_CHUNK_FIELDS)))
+        except KeyError:
+            raise IndexFormat(f"index at {path} has chunks of unknown articles; rebuild it with `rag index`") from None
+        except (TypeError, OverflowError) as exc:  # a field of the wrong type (an offset that is not a number)
+            raise IndexFormat(f"{path / 'chunks.jsonl'} is corrupt ({exc}); rebuild the index with `rag index`") from None
         if "tokenizer" not in manifest:
             raise IndexFormat(f"index at {path} records no tokenizer (stopwords, BM25 k1/b; built by an older rag); "
                               f"rebuild it with `rag index`")
         tokenizer = _read_tokenizer(path, manifest["tokenizer"])
         if "sentences" not in manifest:
             raise IndexFormat(f"index at {path} has no sentence vectors (built by an older rag); rebuild it with `rag index`")
-        sentences = _read_jsonl(path / "sentences.jsonl", dict)
-        # float16 as stored, memory-mapped: a question reads the rows of its candidates only (two
-        # million sentences would be 3 GB as float32 in memory)
-        sentence_vectors = np.load(path / "sentences.npy", allow_pickle=False, mmap_mode="r")
+        try:
+            sentences = SentenceRecords(by_id, _iter_jsonl(path / "sentences.jsonl",
+                                                           _fields(_SENTENCE_FIELDS, ("places", "years"))))
+        except (TypeError, OverflowError) as exc:
+            raise IndexFormat(f"{path / 'sentences.jsonl'} is corrupt ({exc}); rebuild the index with `rag index`") from None
+        # float16 as stored, read from the file: a question reads the rows of its candidates only (two
+        # million sentences would be 3 GB as float32 in memory; a memory map kept what it had read)
+        sentence_vectors = VectorRows(path / "sentences.npy")
     except (OSError, RuntimeError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise IndexFormat(f"index at {path} is damaged ({first}); rebuild it with `rag index`") from None
-    by_id = {a.article_id: a for a in articles}
     # first: its chunk count and vector dimension are the first consistency checks
     store = open_store(path, manifest.get("store") or {"kind": "faiss"}, dimension=dim, count=len(chunks),
                        token=token, articles=by_id)
@@ -368,9 +424,6 @@ def _load_index(path: Path, *, model: str | None, verify: bool, token: str | Non
         store.close()
         raise IndexFormat(f"index at {path} has {len(sentences)} sentences but {len(sentence_vectors)} sentence "
                           f"vectors; rebuild it with `rag index`")
-    if any(c.article_id not in by_id for c in chunks):
-        store.close()
-        raise IndexFormat(f"index at {path} has chunks of unknown articles; rebuild it with `rag index`")
     return Index(path, manifest, settings, by_id, chunks, store, sentences, sentence_vectors, tokenizer=tokenizer)
 
 

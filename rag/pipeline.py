@@ -300,7 +300,7 @@ def _remove_pages(names: list[str], index_dir: Path, seeds: Path) -> dict:
         raise BadInput("cannot remove every page: an index needs at least one page")
     articles = [a for a in index.articles.values() if a.source not in names]
     kept_ids = {a.article_id for a in articles}
-    rows = [i for i, c in enumerate(index.chunks) if c.article_id in kept_ids]
+    rows = index.chunks.rows_of_articles(kept_ids).tolist()
     sidecar = seeds / SIDECAR
     before = sidecar.read_text(encoding="utf-8") if sidecar.is_file() else None
     moved = []
@@ -347,7 +347,7 @@ def _add_pages(files: list[str | Path], index_dir: str | Path, *, seeds: str | P
     kept_articles = [replace(a, **{k: v for k, v in sidecar[a.source].fields().items() if v or k != "date"})
                      if a.source in sidecar else a for a in index.articles.values() if a.source not in names]
     kept_ids = {a.article_id for a in kept_articles}
-    rows = [i for i, c in enumerate(index.chunks) if c.article_id in kept_ids]
+    rows = index.chunks.rows_of_articles(kept_ids).tolist()
     old_vectors = index.vectors()[rows] if rows else index.vectors()[:0]
     new_chunks = chunk_articles(new_articles, settings.chunk)
     _check_page_limits(new_articles, new_chunks)
@@ -484,7 +484,7 @@ class Engine:
         if not ids:
             raise BadInput(f"没有符合筛选条件（{filters.describe()}）的文章。{describe_collection(self.index)} "
                            f"(no article matches the filters)")
-        return np.array([i for i, c in enumerate(self.index.chunks) if c.article_id in ids], dtype=np.int64)
+        return self.index.chunks.rows_of_articles(ids)
 
     def ask(self, question: str, *, history: list[str] | None = None, k: int | None = None,
             retriever: str | None = None, mode: str | None = None,

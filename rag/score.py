@@ -12,17 +12,18 @@ set by ``rag eval --fit`` (leave-one-page-out figures are what ``rag eval`` repo
 """
 from __future__ import annotations
 
-import bisect
 import json
 import math
 import re
 import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
 
 from .query import SOFT_TERMS, QuestionInfo
+from .records import SentenceRecords
 from .types import QuestionKind
 from .zh import (MEASURE_WORDS, Tokenizer, count_han, default_tokenizer, fold_width, is_han, local_place_names,
                  place_key, relative_years, split_sentences, years_in)
@@ -326,54 +327,111 @@ def _fold(text: str) -> str:
 WHOLE_READ_MAX = 100_000  # chunks whose vectors a loaded index keeps in memory for the rerank
 
 
-class SentenceTable:
-    """The index's sentence facts and vectors, looked up by article and offset."""
+class _PerArticle(Mapping):
+    """What is derived from an article on first use (``get(article_id, default)``, as a dict of every
+    article would answer), keeping at most ``keep`` recent answers: a million-chunk index has 250k
+    articles and a question reads a few dozen."""
 
-    def __init__(self, facts: list[SentenceFacts | dict], vectors: np.ndarray, articles: dict,
+    def __init__(self, articles: dict, make, keep: int):
+        self._articles, self._make, self._keep = articles, make, keep
+        self._memo: dict = {}
+
+    def __getitem__(self, article_id: str):
+        found = self._memo.get(article_id)
+        if found is None:
+            found = self._make(self._articles[article_id])  # KeyError: not an article of the index
+            if len(self._memo) >= self._keep:
+                self._memo.clear()
+            self._memo[article_id] = found
+        return found
+
+    def __contains__(self, article_id) -> bool:
+        return article_id in self._articles
+
+    def __iter__(self):
+        return iter(self._articles)
+
+    def __len__(self) -> int:
+        return len(self._articles)
+
+
+class _FactsView(Sequence):
+    """The sentence records as ``SentenceFacts``, made on access."""
+
+    def __init__(self, records: SentenceRecords):
+        self._records = records
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __getitem__(self, row):
+        if isinstance(row, slice):
+            return [self[i] for i in range(*row.indices(len(self)))]
+        r = self._records
+        row = int(row)
+        return SentenceFacts(r.article_ids[r.article_rows[row]], int(r.starts[row]), int(r.ends[row]),
+                             r.names_of("places", row), r.names_of("years", row))
+
+
+class SentenceTable:
+    """The index's sentence facts and vectors, looked up by article and offset.
+
+    The sentences are the index's columns (``rag.records.SentenceRecords``); what is derived per article
+    (its places and years, its folded text) is made when a question first reads that article."""
+
+    def __init__(self, facts: SentenceRecords | list[SentenceFacts | dict], vectors: np.ndarray, articles: dict,
                  tokenizer: Tokenizer | None = None):
-        place_names = (tokenizer or default_tokenizer()).place_names
-        facts = [f if isinstance(f, SentenceFacts) else
-                 SentenceFacts(f["article_id"], f["start"], f["end"], tuple(f.get("places", ())), tuple(f.get("years", ())))
-                 for f in facts]
-        self.facts = facts
+        self._place_names = (tokenizer or default_tokenizer()).place_names
+        records = facts if isinstance(facts, SentenceRecords) else SentenceRecords(articles, facts)
+        self.records = records
+        self.facts = _FactsView(records)
         self.vectors = vectors
-        self._by_article: dict[str, tuple[list[int], list[int]]] = {}
-        for i, f in enumerate(facts):
-            starts, rows = self._by_article.setdefault(f.article_id, ([], []))
-            starts.append(f.start)
-            rows.append(i)
-        self.article_places: dict[str, tuple[str, ...]] = {}
-        self.article_years: dict[str, tuple[str, ...]] = {}
-        page_counts: dict[str, dict[str, int]] = {}
-        per_article: dict[str, dict[str, int]] = {}
-        for f in facts:
-            counts = per_article.setdefault(f.article_id, {})
-            for p in f.places:
-                counts[p] = counts.get(p, 0) + 1
-        for aid, art in articles.items():
-            counts = per_article.get(aid, {})
-            pc = page_counts.setdefault(art.source, {})
-            for p, n in counts.items():
-                pc[p] = pc.get(p, 0) + n
+        self._articles = articles
+        # each article's sentence rows in order of their start: rows order[bounds[a]:bounds[a + 1]]
+        self._order = np.lexsort((records.starts, records.article_rows))
+        self._sorted_starts = records.starts[self._order]
+        self._bounds = np.searchsorted(records.article_rows[self._order], np.arange(len(records.article_ids) + 1))
         # the paper's own area: the places its page names most often ("我市" means one of them)
-        self.page_place = {src: tuple(sorted(c, key=lambda p: (-c[p], p))[:2]) for src, c in page_counts.items() if c}
-        for aid, art in articles.items():
-            counts = per_article.get(aid, {})
-            own = list(place_names(art.title))
-            own += sorted(counts, key=lambda p: (-counts[p], p))[:2]
-            if _OWN_AREA.search(art.text):
-                own += self.page_place.get(art.source, ())
-            self.article_places[aid] = tuple(dict.fromkeys(own))
-            self.article_years[aid] = tuple(years_in(art.title + "\n" + art.text))
+        sources = {}
+        source_of = np.array([sources.setdefault(articles[aid].source, len(sources)) if aid in articles else -1
+                              for aid in records.article_ids], dtype=np.int64)
+        rows, ids = records.name_ids("places")
+        src = source_of[records.article_rows[rows]] if len(rows) else np.zeros(0, dtype=np.int64)
+        keep = src >= 0
+        keys, counts = np.unique(src[keep] * max(1, len(records.names)) + ids[keep], return_counts=True)
+        page_counts: dict[int, dict[str, int]] = {}
+        for key, n in zip(keys.tolist(), counts.tolist()):
+            page, place = divmod(key, max(1, len(records.names)))
+            page_counts.setdefault(page, {})[records.names[place]] = n
+        names_of_source = list(sources)
+        self.page_place = {names_of_source[page]: tuple(sorted(c, key=lambda p: (-c[p], p))[:2])
+                           for page, c in page_counts.items()}
+        self.article_places = _PerArticle(articles, self._places_of, 50_000)
+        self.article_years = _PerArticle(articles, lambda art: tuple(years_in(art.title + "\n" + art.text)), 50_000)
         # width-folded, lower-cased title and text (length-preserving, so text offsets still hold)
-        self.folded = {aid: _fold(art.title + "\n" + art.text) for aid, art in articles.items()}
+        self.folded = _PerArticle(articles, lambda art: _fold(art.title + "\n" + art.text), 4096)
+        self._relative = _PerArticle(articles, lambda art: tuple(relative_years(self.folded[art.article_id])), 50_000)
+
+    def _rows_of(self, article_id: str) -> np.ndarray:
+        a = self.records.row_of_article.get(article_id)
+        if a is None:
+            return self._order[:0]
+        return self._order[self._bounds[a]:self._bounds[a + 1]]
+
+    def _places_of(self, art) -> tuple[str, ...]:
+        counts: dict[str, int] = {}
+        for row in self._rows_of(art.article_id).tolist():
+            for p in self.records.names_of("places", row):
+                counts[p] = counts.get(p, 0) + 1
+        own = list(self._place_names(art.title))
+        own += sorted(counts, key=lambda p: (-counts[p], p))[:2]
+        if _OWN_AREA.search(art.text):
+            own += self.page_place.get(art.source, ())
+        return tuple(dict.fromkeys(own))
 
     def relative_years(self, article_id: str) -> tuple[str, ...]:
         """The relative years ("去年", "前年") an article's text names."""
-        cache = self.__dict__.setdefault("_relative", {})
-        if article_id not in cache:
-            cache[article_id] = tuple(relative_years(self.folded.get(article_id, "")))
-        return cache[article_id]
+        return self._relative.get(article_id, ())
 
     def chunk_vectors(self, index, rows: list[int]) -> np.ndarray:
         """The passage vectors of these chunk rows: up to ``WHOLE_READ_MAX`` chunks the store's vectors
@@ -387,12 +445,12 @@ class SentenceTable:
 
     def row_at(self, article_id: str, pos: int) -> int | None:
         """The sentence row holding article position ``pos``."""
-        found = self._by_article.get(article_id)
-        if not found:
+        a = self.records.row_of_article.get(article_id)
+        if a is None:
             return None
-        starts, rows = found
-        i = bisect.bisect_right(starts, pos) - 1
-        return rows[i] if i >= 0 else None
+        lo, hi = int(self._bounds[a]), int(self._bounds[a + 1])
+        i = int(np.searchsorted(self._sorted_starts[lo:hi], pos, side="right")) - 1
+        return int(self._order[lo + i]) if i >= 0 else None
 
 
 # --- gathering evidence -----------------------------------------------------------------------------
@@ -657,5 +715,5 @@ def evidence_of_hits(index, info: QuestionInfo, hits, query_vector: np.ndarray |
         from .embed import get_encoder
 
         query_vector = get_encoder(index.settings.model).encode_queries([info.text])[0]
-    rows = {c.chunk_id: i for i, c in enumerate(index.chunks)}
-    return gather_evidence(index, info, query_vector, [(rows[h.chunk.chunk_id], h.rank) for h in hits], params)
+    return gather_evidence(index, info, query_vector, [(index.chunks.row_of(h.chunk.chunk_id), h.rank) for h in hits],
+                           params)

@@ -21,7 +21,7 @@ import numpy as np
 
 from .errors import BadInput
 
-__all__ = ["STORES", "StoreSpec", "Where", "Store", "FaissStore", "fuse_ranks", "check_store", "build_store", "open_store"]
+__all__ = ["STORES", "StoreSpec", "Where", "Store", "FaissStore", "fuse_ranks", "top_rows", "check_store", "build_store", "open_store"]
 
 STORES = ("faiss", "milvus")
 
@@ -100,6 +100,24 @@ def fuse_ranks(rankings: list[list[tuple[int, float]]], weights: list[float], k:
     return sorted(fused.items(), key=lambda x: (-x[1], x[0]))
 
 
+def top_rows(scores: np.ndarray, n: int) -> np.ndarray:
+    """The rows of the ``n`` highest scores, highest first, ties in row order: ``np.argsort(-scores,
+    kind="stable")[:n]`` without sorting every row (a million BM25 scores: ~80 ms to sort).
+
+    >>> top_rows(np.array([1.0, 3.0, 2.0, 3.0]), 3).tolist()
+    [1, 3, 2]
+    """
+    if n <= 0 or not len(scores):
+        return np.zeros(0, dtype=np.int64)
+    if n >= len(scores):
+        return np.argsort(-scores, kind="stable")
+    cut = np.partition(scores, len(scores) - n)[len(scores) - n]  # the n-th highest score
+    above = np.flatnonzero(scores > cut)
+    tied = np.flatnonzero(scores == cut)[: n - len(above)]  # the first rows holding the cut score
+    rows = np.concatenate([above, tied])
+    return rows[np.argsort(-scores[rows], kind="stable")]
+
+
 class FaissStore:
     """Chunk vectors in FAISS (exact inner product, HNSW above ``exact_search_max`` chunks, IVF-fp16 above
     ``HNSW_MAX``) and their jieba tokens in bm25s; filters are applied as row selections, exactly."""
@@ -145,8 +163,9 @@ class FaissStore:
             kept = np.zeros_like(scores)
             kept[where.rows] = scores[where.rows]
             scores = kept
-        top = np.argsort(-scores, kind="stable")[:n]
-        return [(int(r), float(scores[r])) for r in top if scores[r] > 0]
+        held = np.flatnonzero(scores > 0)  # the chunks holding a query token; the rest never rank
+        top = held[top_rows(scores[held], n)]
+        return [(int(r), float(scores[r])) for r in top]
 
     def hybrid(self, tokens: list[str], vector: np.ndarray, n: int, where: Where, *, weights: tuple[float, float],
                k: int) -> list[tuple[int, float]]:

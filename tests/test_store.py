@@ -215,3 +215,18 @@ def test_a_large_index_reranks_from_the_rows_it_needs_with_the_same_answers(both
         finally:
             monkeypatch.undo()
             engine.index.derived.clear()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_top_rows_ranks_as_a_full_stable_sort(seed):
+    """The BM25 ranking's top rows (without sorting every row) are a full stable sort's: best first,
+    ties in row order, however many rows tie at the cut."""
+    from rag.store import top_rows
+
+    rng = np.random.default_rng(seed)
+    for _ in range(300):
+        size, n = int(rng.integers(1, 200)), int(rng.integers(0, 220))
+        scores = (rng.integers(0, 4, size) * rng.choice([0.0, 0.5, 1.0], size)).astype(np.float32)
+        if seed % 2:
+            scores = rng.random(size).astype(np.float32)
+        assert top_rows(scores, n).tolist() == np.argsort(-scores, kind="stable")[:n].tolist()
