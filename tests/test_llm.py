@@ -52,7 +52,6 @@ def test_llm_answers_keep_the_sources_facts(llm_engine, index_dir, question, fac
     for c in ans.citations:
         assert llm_engine.index.articles[c.article_id].text[c.start:c.end] == c.excerpt
     assert ans.answer.count("[") == sum(ans.answer.count(f"[{c.n}]") for c in ans.citations) >= 1
-    assert ans.timings_ms["total_ms"] < 60_000
 
 
 def test_the_model_is_really_used(llm_engine):
