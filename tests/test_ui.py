@@ -134,7 +134,17 @@ def _in_view(pg, locator) -> bool:
 
 def _open_marker(pg, n: int, nth_link: int = 0):
     """Click the ``nth_link``-th [n] link in the chat; wait for the highlighted excerpt in the article view."""
-    pg.locator(f"#chat a[href^='#cite-']:text-is('[{n}]')").nth(nth_link).click()
+    link = pg.locator(f"#chat a[href^='#cite-']:text-is('[{n}]')").nth(nth_link)
+    link.scroll_into_view_if_needed()
+    # the chat may still be scrolling to its latest answer (on a phone it moves the link under the
+    # pointer: a click then lands beside it); click once the link has kept its place for 5 checks (at most ~5 s)
+    link.evaluate("""a => new Promise(done => {
+        let last = null, still = 0, tries = 0;
+        const step = () => { const top = a.getBoundingClientRect().top;
+            still = top === last ? still + 1 : 0; last = top;
+            if (still >= 5 || ++tries > 300) done(); else setTimeout(step, 16); };
+        step(); })""")
+    link.click()
 
 
 def _mark(pg, text: str):
