@@ -123,7 +123,7 @@ def resolve_followup(question: str, history: list[str], tokenizer: Tokenizer | N
     '西宁的开发区在全国排第几？'
     """
     q = question.strip()
-    prev = next((h.strip() for h in reversed(history) if h and h.strip()), "")
+    prev = _previous(history)
     if not prev or not is_followup(q, tokenizer):
         return q
     m = _THAT_X.match(q)
@@ -145,6 +145,11 @@ def resolve_followup(question: str, history: list[str], tokenizer: Tokenizer | N
     return _with_topic(q, prev, tokenizer) or q
 
 
+def _previous(history: list[str]) -> str:
+    """The latest non-blank question of a conversation, or ""."""
+    return next((h.strip() for h in reversed(history) if h and h.strip()), "")
+
+
 def _with_topic(q: str, prev: str, tokenizer: Tokenizer | None) -> str | None:
     topic = [t for t in analyze_question(prev, tokenizer).terms if t not in SOFT_TERMS and t not in q]
     return f"{q.rstrip('？?')}（{''.join(topic)}）？" if topic else None
@@ -163,7 +168,7 @@ def in_context(question: str, history: list[str], tokenizer: Tokenizer | None = 
     True
     """
     q = question.strip()
-    prev = next((h.strip() for h in reversed(history) if h and h.strip()), "")
+    prev = _previous(history)
     if not prev or is_followup(q, tokenizer) or analyze_question(q, tokenizer).places:
         return None
     return _with_topic(q, prev, tokenizer)
