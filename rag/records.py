@@ -27,9 +27,41 @@ def _ids_of(articles: Mapping[str, Article] | Sequence[Article]) -> tuple[list[A
     return arts, {a.article_id: i for i, a in enumerate(arts)}
 
 
-class ChunkTable(Sequence):
+class _Records(Sequence):
+    """A read-only sequence of records built on access (``_record``): indexed, sliced, iterated and
+    compared as the list it stands for."""
+
+    _what = "record"
+
+    def _record(self, row: int):
+        raise NotImplementedError
+
+    def __getitem__(self, row):
+        if isinstance(row, slice):
+            return [self[i] for i in range(*row.indices(len(self)))]
+        row = int(row)
+        if row < 0:
+            row += len(self)
+        if not 0 <= row < len(self):
+            raise IndexError(f"{self._what} row must be in [0, {len(self)}), got {row}")
+        return self._record(row)
+
+    def __iter__(self) -> Iterator:
+        return (self[i] for i in range(len(self)))
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, Sequence) or isinstance(other, str) or len(other) != len(self):
+            return False
+        return all(a == b for a, b in zip(self, other))
+
+    __hash__ = None
+
+
+class ChunkTable(_Records):
     """The chunks of an index, row i = chunk i, as columns (article row, ordinal, start, end, whether the
     embed text carries the title); ``table[row]`` is the ``Chunk``."""
+
+    _what = "chunk"
 
     def __init__(self, articles: Mapping[str, Article] | Sequence[Article], records: Iterable[Chunk | dict] = ()):
         """Take ``records`` (Chunks, or their ``to_dict`` dicts) of these articles.
@@ -66,14 +98,7 @@ class ChunkTable(Sequence):
     def __len__(self) -> int:
         return len(self.article_rows)
 
-    def __getitem__(self, row):
-        if isinstance(row, slice):
-            return [self[i] for i in range(*row.indices(len(self)))]
-        row = int(row)
-        if row < 0:
-            row += len(self)
-        if not 0 <= row < len(self):
-            raise IndexError(f"chunk row must be in [0, {len(self)}), got {row}")
+    def _record(self, row: int):
         whole = self._whole.get(row)
         if whole is not None:
             return whole
@@ -82,16 +107,6 @@ class ChunkTable(Sequence):
         text = article.text[s:e]
         return Chunk(chunk_id=f"{article.article_id}#{o}", article_id=article.article_id, ordinal=o, start=s, end=e,
                      text=text, embed_text=f"{article.title}\n{text}" if self._titled[row] else text)
-
-    def __iter__(self) -> Iterator[Chunk]:
-        return (self[i] for i in range(len(self)))
-
-    def __eq__(self, other) -> bool:
-        if not isinstance(other, Sequence) or isinstance(other, str) or len(other) != len(self):
-            return False
-        return all(a == b for a, b in zip(self, other))
-
-    __hash__ = None
 
     def __repr__(self) -> str:
         return f"ChunkTable({len(self)} chunks of {len(self._articles)} articles)"
@@ -141,10 +156,12 @@ class ChunkTable(Sequence):
         raise KeyError(chunk_id)
 
 
-class SentenceRecords(Sequence):
+class SentenceRecords(_Records):
     """The sentence records of an index, row i = sentence i, as columns (article row, start, end, and its
     places and years as ids into a list of names); ``records[row]`` is the dict the index was built with:
     ``{"article_id", "start", "end", "places", "years"}``."""
+
+    _what = "sentence"
 
     def __init__(self, articles: Mapping[str, Article] | Sequence[Article], records: Iterable[dict] = ()):
         arts, row_of = _ids_of(articles)
@@ -187,27 +204,10 @@ class SentenceRecords(Sequence):
         offsets = self._offsets[key]
         return np.repeat(np.arange(len(self), dtype=np.int64), np.diff(offsets)), self._ids[key]
 
-    def __getitem__(self, row):
-        if isinstance(row, slice):
-            return [self[i] for i in range(*row.indices(len(self)))]
-        row = int(row)
-        if row < 0:
-            row += len(self)
-        if not 0 <= row < len(self):
-            raise IndexError(f"sentence row must be in [0, {len(self)}), got {row}")
+    def _record(self, row: int):
         return {"article_id": self.article_ids[self.article_rows[row]], "start": int(self.starts[row]),
                 "end": int(self.ends[row]), "places": list(self.names_of("places", row)),
                 "years": list(self.names_of("years", row))}
-
-    def __iter__(self) -> Iterator[dict]:
-        return (self[i] for i in range(len(self)))
-
-    def __eq__(self, other) -> bool:
-        if not isinstance(other, Sequence) or isinstance(other, str) or len(other) != len(self):
-            return False
-        return all(a == b for a, b in zip(self, other))
-
-    __hash__ = None
 
     def __repr__(self) -> str:
         return f"SentenceRecords({len(self)} sentences)"
