@@ -19,7 +19,7 @@ import numpy as np
 
 from .types import Article, Chunk
 
-__all__ = ["ChunkTable", "SentenceRecords", "VectorRows"]
+__all__ = ["RecordSequence", "ChunkTable", "SentenceRecords", "VectorRows"]
 
 
 def _ids_of(articles: Mapping[str, Article] | Sequence[Article]) -> tuple[list[Article], dict[str, int]]:
@@ -27,7 +27,7 @@ def _ids_of(articles: Mapping[str, Article] | Sequence[Article]) -> tuple[list[A
     return arts, {a.article_id: i for i, a in enumerate(arts)}
 
 
-class _Records(Sequence):
+class RecordSequence(Sequence):
     """A read-only sequence of records built on access (``_record``): indexed, sliced, iterated and
     compared as the list it stands for."""
 
@@ -57,7 +57,7 @@ class _Records(Sequence):
     __hash__ = None
 
 
-class ChunkTable(_Records):
+class ChunkTable(RecordSequence):
     """The chunks of an index, row i = chunk i, as columns (article row, ordinal, start, end, whether the
     embed text carries the title); ``table[row]`` is the ``Chunk``."""
 
@@ -156,7 +156,7 @@ class ChunkTable(_Records):
         raise KeyError(chunk_id)
 
 
-class SentenceRecords(_Records):
+class SentenceRecords(RecordSequence):
     """The sentence records of an index, row i = sentence i, as columns (article row, start, end, and its
     places and years as ids into a list of names); ``records[row]`` is the dict the index was built with:
     ``{"article_id", "start", "end", "places", "years"}``."""

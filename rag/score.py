@@ -16,14 +16,14 @@ import json
 import math
 import re
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
 
 from .query import SOFT_TERMS, QuestionInfo
-from .records import SentenceRecords
+from .records import RecordSequence, SentenceRecords
 from .types import QuestionKind
 from .zh import (MEASURE_WORDS, Tokenizer, count_han, default_tokenizer, fold_width, is_han, local_place_names,
                  place_key, relative_years, split_sentences, years_in)
@@ -355,8 +355,10 @@ class _PerArticle(Mapping):
         return len(self._articles)
 
 
-class _FactsView(Sequence):
+class _FactsView(RecordSequence):
     """The sentence records as ``SentenceFacts``, made on access."""
+
+    _what = "sentence"
 
     def __init__(self, records: SentenceRecords):
         self._records = records
@@ -364,11 +366,8 @@ class _FactsView(Sequence):
     def __len__(self) -> int:
         return len(self._records)
 
-    def __getitem__(self, row):
-        if isinstance(row, slice):
-            return [self[i] for i in range(*row.indices(len(self)))]
+    def _record(self, row: int) -> SentenceFacts:
         r = self._records
-        row = int(row)
         return SentenceFacts(r.article_ids[r.article_rows[row]], int(r.starts[row]), int(r.ends[row]),
                              r.names_of("places", row), r.names_of("years", row))
 
