@@ -1,8 +1,8 @@
 """Encoder figures on the real seed chunks: sentence-transformers (torch, the reference) vs the ONNX
 graph through onnxruntime (fp32, the default), the same graph with onnxruntime's spinning worker
 threads (its default, turned off in rag.onnxenc), the code at --before (e.g. the main checkout: its
-own ONNX graph, written into a private copy of the model folder), and an int8 quantisation of the
-graph (not adopted: see the agreement columns). Each variant runs in its own fresh process, the
+own ONNX graph, written into a private copy of the model folder), and the int8 graph of
+RAG_ENCODER=int8 (not the default: its vectors are its own, see the agreement columns). Each variant runs in its own fresh process, the
 variants interleaved and repeated (--repeat, median), so that a machine shared with other work
 treats them alike; the load average is printed with the figures, and "per CPU-s" (passages per
 second of this process's CPU time) is the figure least moved by that sharing.
@@ -38,7 +38,8 @@ elif side == "before":
     enc = OnnxEncoder(model_dir, "bundled")
 else:
     from rag.onnxenc import OnnxEncoder
-    enc = OnnxEncoder(model_dir, "bundled", graph=graph or None, **({"spin": True} if side == "onnx-spin" else {}))
+    enc = OnnxEncoder(model_dir, "bundled", graph=graph or None, **({"spin": True} if side == "onnx-spin" else {}),
+                      **({"runtime": "onnx-int8"} if side == "onnx-int8" else {}))
 load = time.perf_counter() - t0
 enc.encode_passages(texts[:4])
 t1, c1 = time.perf_counter(), time.process_time()
@@ -90,7 +91,6 @@ def main() -> None:
     from rag.config import ModelSettings
     from rag.embed import resolve_model
     from rag.evaluate import load_qa
-    from rag.onnxenc import ONNX_DIR
     from rag.pipeline import load_articles
 
     model_dir = resolve_model(ModelSettings())
@@ -106,15 +106,9 @@ def main() -> None:
         if args.before:
             before = Path(args.before).resolve()
             variants["before"] = (before, _before_model(before, model_dir, tmp), "")
-        if not args.no_int8:
-            from onnx import TensorProto
-            from onnxruntime.quantization import QuantType, quantize_dynamic
-
-            int8 = tmp / "encoder-int8.onnx"
-            # the fused operators have no ONNX shape inference: name the float type (Attention becomes QAttention)
-            quantize_dynamic(str(Path(model_dir) / ONNX_DIR / "encoder.onnx"), str(int8), weight_type=QuantType.QInt8,
-                             extra_options={"DefaultTensorType": TensorProto.FLOAT})
-            variants["onnx-int8"] = (ROOT, model_dir, str(int8))
+        if not args.no_int8:  # rag's RAG_ENCODER=int8: per-channel weights, one text per run
+            resolve_model(ModelSettings(), "onnx-int8")
+            variants["onnx-int8"] = (ROOT, model_dir, "")
         data = tmp / "texts.json"
         data.write_text(json.dumps([texts, queries], ensure_ascii=False), encoding="utf-8")
         load_start = _load()

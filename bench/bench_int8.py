@@ -3,6 +3,8 @@ the ONNX fp32 graph or its int8 quantisation, queries with the same, and prints 
 held-out answer figures as JSON. Run once per variant and compare (the bar: within 0.01 of fp32).
 
     .venv/bin/python bench/bench_int8.py fp32 ; .venv/bin/python bench/bench_int8.py int8
+
+int8 is rag's RAG_ENCODER=int8 graph; int8-tensor the first one measured (per-tensor scales, batched).
 """
 from __future__ import annotations
 
@@ -26,13 +28,12 @@ def main(variant: str) -> None:
     from rag.onnxenc import ONNX_DIR, OnnxEncoder
     from rag.pipeline import build_index, get_engine
 
-    if variant not in ("fp32", "int8"):
-        sys.exit(f"variant must be fp32 or int8, got {variant!r}")
-    model_dir = embed.resolve_model(ModelSettings())
+    if variant not in ("fp32", "int8", "int8-tensor"):
+        sys.exit(f"variant must be fp32, int8 or int8-tensor, got {variant!r}")
+    model_dir = embed.resolve_model(ModelSettings(), "onnx-int8")
     tmp = Path(tempfile.mkdtemp(prefix="bench-int8-"))
     try:
-        graph = None
-        if variant == "int8":
+        if variant == "int8-tensor":  # the first int8 tried: one scale per weight matrix, batches of 32
             from onnx import TensorProto
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -40,8 +41,10 @@ def main(variant: str) -> None:
             # the fused operators have no ONNX shape inference: name the float type (Attention becomes QAttention)
             quantize_dynamic(str(Path(model_dir) / ONNX_DIR / "encoder.onnx"), str(graph), weight_type=QuantType.QInt8,
                              extra_options={"DefaultTensorType": TensorProto.FLOAT})
-        enc = OnnxEncoder(model_dir, "bundled", graph=graph)
-        embed.get_encoder = lambda settings=None: enc  # build and query with this variant only
+            enc = OnnxEncoder(model_dir, "bundled", graph=graph)
+        else:  # what rag runs: RAG_ENCODER=int8 (one scale per output channel, one text per run) or fp32
+            enc = OnnxEncoder(model_dir, "bundled", runtime="onnx-" + variant)
+        embed.get_encoder = lambda settings=None, runtime=None: enc  # build and query with this variant only
         seeds = tmp / "seeds"
         seeds.mkdir()
         copy_eval_pages(seeds)

@@ -1,7 +1,8 @@
 """The encoder: the bundled default model (converted once into the cache) runs through onnxruntime
-without torch (rag.onnxenc, the same vectors); any other model name or local folder, or the bundled
-one with ``RAG_ENCODER=torch``, runs through sentence-transformers (the reference). Loaded once per
-process."""
+without torch (rag.onnxenc): its fp32 graph (the same vectors as the reference), or with
+``RAG_ENCODER=int8`` its int8 graph (faster, vectors of its own); any other model name or local folder, or the
+bundled one with ``RAG_ENCODER=torch``, runs through sentence-transformers (the reference). An index
+is queried by the variant that built it (``index_encoder``). Loaded once per process."""
 from __future__ import annotations
 
 import hashlib
@@ -15,11 +16,14 @@ import numpy as np
 from .config import BUNDLED_MODEL, ModelSettings
 from .errors import BadInput, ModelError
 
-__all__ = ["Encoder", "get_encoder", "resolve_model", "bundled_model_dir", "encoder_runtime"]
+__all__ = ["Encoder", "get_encoder", "index_encoder", "resolve_model", "bundled_model_dir", "encoder_runtime",
+           "query_runtime", "int8_suits_cpu", "RUNTIMES"]
+
+RUNTIMES = ("onnx-int8", "onnx-fp32", "sentence-transformers")
 
 log = logging.getLogger("rag")
 _lock = threading.Lock()
-_encoders: dict[tuple[str, str], "Encoder"] = {}
+_encoders: dict[tuple[str, str, str], "Encoder"] = {}
 
 
 def bundled_model_dir(cache_dir: Path) -> Path:
@@ -35,14 +39,14 @@ def bundled_model_dir(cache_dir: Path) -> Path:
     return cache_dir / "models" / f"multilingual-e5-small-{key}"
 
 
-def resolve_model(settings: ModelSettings) -> str:
-    """The model to load: a folder path for the bundled model (converting it on first use), else the
-    name or path from the settings, unchanged."""
+def resolve_model(settings: ModelSettings, runtime: str = "onnx-fp32") -> str:
+    """The model to load: a folder path for the bundled model (converting it on first use, and writing
+    the ONNX graphs ``runtime`` needs), else the name or path from the settings, unchanged."""
     if settings.name != BUNDLED_MODEL:
         return settings.name
     from .bundled import FORMAT, bundled_weight_path, convert
 
-    from .onnxenc import export_onnx, onnx_ready
+    from .onnxenc import RUNTIME_INT8, export_int8, export_onnx, onnx_ready
 
     target = bundled_model_dir(settings.cache_path())
     marker = target / "rag_bundled.json"
@@ -53,25 +57,52 @@ def resolve_model(settings: ModelSettings) -> str:
         elif not onnx_ready(target):  # a cache written by an older rag, or its onnx/ damaged
             log.warning("writing the ONNX encoder into %s (once; about 5 s)", target)
             export_onnx(target)
+        if runtime == RUNTIME_INT8 and not onnx_ready(target, RUNTIME_INT8):
+            log.info("writing the int8 ONNX encoder into %s (once; about 5 s)", target)
+            export_int8(target)
     except OSError as exc:
         raise ModelError(f"cannot write the model cache {target}: {exc.strerror}; set RAG_CACHE to a "
                          f"writable folder") from None
     return str(target)
 
 
-def encoder_runtime(settings: ModelSettings) -> str:
-    """Which runtime encodes for these settings: "onnx-fp32" for the bundled model, unless
-    ``RAG_ENCODER=torch``; "sentence-transformers" for any other model. Both give the bundled model
-    the same vectors (cosine >= 0.9999 in tests/test_embed.py), so an index built by one is queried
-    by the other."""
-    choice = os.environ.get("RAG_ENCODER", "").strip().lower()
-    if choice not in ("", "onnx", "torch"):
-        raise BadInput(f"RAG_ENCODER must be 'onnx' or 'torch', got {choice!r}")
-    if settings.name == BUNDLED_MODEL and choice != "torch":
-        from .onnxenc import RUNTIME
+def int8_suits_cpu() -> bool:
+    """True where the int8 graph multiplies exactly: an x86 CPU with VNNI (without it, onnxruntime's
+    8-bit products can saturate at 16 bits, as its documentation warns) or an Arm one with dot-product
+    instructions. Read from numpy's own CPU feature table."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as features
+    except ImportError:  # numpy 1.x
+        from numpy.core._multiarray_umath import __cpu_features__ as features
+    return any(features.get(f, False) for f in ("AVX512VNNI", "AVXVNNI", "ASIMDDP"))
 
-        return RUNTIME
-    return Encoder.runtime
+
+def encoder_runtime(settings: ModelSettings) -> str:
+    """Which runtime encodes a new index for these settings. The bundled model: "onnx-fp32" (the
+    reference's vectors), or what ``RAG_ENCODER`` names — int8 (1.7x faster, its own vectors; not the
+    default: bench/bench_int8.py measured 0.013 fewer unanswerable questions refused), fp32 (= onnx),
+    torch (the sentence-transformers reference). Any other model: "sentence-transformers"."""
+    choice = os.environ.get("RAG_ENCODER", "").strip().lower()
+    if choice not in ("", "onnx", "fp32", "int8", "torch"):
+        raise BadInput(f"RAG_ENCODER must be 'onnx' (= 'fp32'), 'int8' or 'torch', got {choice!r}")
+    if settings.name != BUNDLED_MODEL or choice == "torch":
+        return Encoder.runtime
+    if choice == "int8":
+        if not int8_suits_cpu():
+            log.warning("RAG_ENCODER=int8 on a CPU without VNNI: onnxruntime's 8-bit products may saturate "
+                        "and the vectors differ from a VNNI machine's; fp32 is the safer choice here")
+        return "onnx-int8"
+    return "onnx-fp32"
+
+
+def query_runtime(settings: ModelSettings, built_by: str) -> str:
+    """The runtime that queries an index built by ``built_by``: the int8 graph for an int8 index (its
+    vectors are its own); for one built by fp32 ONNX or sentence-transformers, which give the same
+    vectors, either (``RAG_ENCODER`` chooses; fp32 when it names int8)."""
+    if built_by == "onnx-int8":
+        return built_by
+    runtime = encoder_runtime(settings)
+    return "onnx-fp32" if runtime == "onnx-int8" else runtime
 
 
 class Encoder:
@@ -118,29 +149,39 @@ class Encoder:
         return self._encode(texts, self._passage_prompt, batch_size)
 
 
-def get_encoder(settings: ModelSettings | None = None) -> "Encoder | OnnxEncoder":
-    """The process-wide encoder for these settings (loaded on first call): see ``encoder_runtime``."""
+def get_encoder(settings: ModelSettings | None = None, runtime: str | None = None) -> "Encoder | OnnxEncoder":
+    """The process-wide encoder for these settings and runtime (loaded on first call); the runtime
+    defaults to ``encoder_runtime`` (what a new index is built with)."""
     settings = settings or ModelSettings()
-    runtime = encoder_runtime(settings)
+    runtime = runtime or encoder_runtime(settings)
+    if runtime not in RUNTIMES:
+        raise BadInput(f"encoder runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
     key = (settings.name, str(settings.cache_path()), runtime)
     with _lock:
         enc = _encoders.get(key)
         if enc is None:
-            ref = resolve_model(settings)
+            ref = resolve_model(settings, runtime)
             if runtime == Encoder.runtime:
                 enc = Encoder(ref, settings.name)
             else:
-                from .onnxenc import OnnxEncoder, export_onnx
+                from .onnxenc import OnnxEncoder, export_int8, export_onnx
 
                 try:
-                    enc = OnnxEncoder(ref, settings.name)
+                    enc = OnnxEncoder(ref, settings.name, runtime=runtime)
                 except ModelError as exc:  # damaged files that still had their recorded sizes: write them again
                     log.warning("%s; writing it again", exc)
                     try:
                         export_onnx(ref)
+                        if runtime == "onnx-int8":
+                            export_int8(ref)
                     except OSError as err:
                         raise ModelError(f"cannot write the model cache {ref}: {err.strerror}; set RAG_CACHE to "
                                          f"a writable folder") from None
-                    enc = OnnxEncoder(ref, settings.name)
+                    enc = OnnxEncoder(ref, settings.name, runtime=runtime)
             _encoders[key] = enc
         return enc
+
+
+def index_encoder(index) -> "Encoder | OnnxEncoder":
+    """The encoder that queries (or adds to) this index: the variant that built it (``query_runtime``)."""
+    return get_encoder(index.settings.model, query_runtime(index.settings.model, index.runtime))

@@ -35,7 +35,7 @@ __all__ = ["FORMAT_VERSION", "Index", "write_index", "load_index", "seed_hashes"
 FORMAT_VERSION = 4  # 4: sentence vectors embed the sentence under its article's title
 # encoder variants whose vectors this rag reproduces: the ONNX fp32 graph gives the bundled model the same
 # vectors as sentence-transformers (tests/test_embed.py), so either may query an index the other built
-_RUNTIMES = ("onnx-fp32", "sentence-transformers")
+_RUNTIMES = ("onnx-int8", "onnx-fp32", "sentence-transformers")  # rag.embed.RUNTIMES
 MANIFEST = "manifest.json"
 _UNCHECKED = (MANIFEST, "README.md")
 

@@ -22,16 +22,24 @@ import numpy as np
 
 from .errors import BadInput, ModelError
 
-__all__ = ["OnnxEncoder", "export_onnx", "onnx_ready", "RUNTIME", "ONNX_DIR"]
+__all__ = ["OnnxEncoder", "export_onnx", "onnx_ready", "RUNTIME", "RUNTIME_INT8", "ONNX_DIR", "INT8_DIR"]
 
 
 RUNTIME = "onnx-fp32"
+# the same graph with its matrix products in 8-bit integers (weights per output channel, activations
+# per run), chosen with RAG_ENCODER=int8: ~1.7x the passages per second, its own vectors (cosine >= 0.99
+# to fp32), so an index built with it is queried with it (figures: bench/bench_int8.py, README)
+RUNTIME_INT8 = "onnx-int8"
 # inside the converted model folder, one folder per format: a cache shared with an older rag keeps
 # that one's files too, so neither rewrites (or swaps away) the files the other is loading
 ONNX_DIR = "onnx-3"
 _GRAPH, _WORDS, _MARKER = "encoder.onnx", "word_embeddings.npy", "rag_onnx.json"
 _SPM, _TAIL = "tokenizer.model", "tokenizer_tail.json"
 _FORMAT = "rag-onnx-bert/3"  # bump when the written files change (3: fused operators, `lengths` input)
+# the int8 graph, quantised from ONNX_DIR's: a folder of its own, so that a cache shared with a rag
+# without it keeps ONNX_DIR exactly as that rag wrote it
+INT8_DIR = "onnx-3-int8"
+_INT8_FORMAT = "rag-onnx-bert/3+int8-per-channel/1"
 
 
 def _weights(model_dir: Path) -> tuple[dict[str, np.ndarray], dict]:
@@ -175,31 +183,74 @@ def export_onnx(model_dir: str | Path) -> Path:
     return target
 
 
-def onnx_ready(model_dir: str | Path) -> bool:
-    """True if the folder's ``onnx-3/`` was completely written by this format (sizes as recorded)."""
-    folder = Path(model_dir) / ONNX_DIR
+def export_int8(model_dir: str | Path) -> Path:
+    """Write ``onnx-3-int8/``: ``onnx-3/``'s graph with every matrix product (the attention's QKV
+    included) quantised to 8 bits by onnxruntime's dynamic quantisation — weights signed, one scale
+    per output channel; activations unsigned, one scale per run. Atomic like ``export_onnx``."""
+    import logging
+
+    from onnx import TensorProto
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from .storage import swap_into_place
+
+    model_dir = Path(model_dir)
+    target = model_dir / INT8_DIR
+    tmp = Path(tempfile.mkdtemp(prefix=INT8_DIR + ".tmp-", dir=model_dir))
+    root = logging.getLogger()
+    level = root.level
+    try:
+        root.setLevel(logging.ERROR)  # its advice to pre-process the graph, logged on the root logger
+        # the fused operators have no ONNX shape inference: name the float type (Attention -> QAttention)
+        quantize_dynamic(str(model_dir / ONNX_DIR / _GRAPH), str(tmp / _GRAPH), weight_type=QuantType.QInt8,
+                         per_channel=True, extra_options={"DefaultTensorType": TensorProto.FLOAT})
+        sizes = {_GRAPH: (tmp / _GRAPH).stat().st_size}
+        (tmp / _MARKER).write_text(json.dumps({"format": _INT8_FORMAT, "runtime": RUNTIME_INT8, "sizes": sizes}),
+                                   "utf-8")
+        for f in tmp.iterdir():
+            os.chmod(f, 0o644)
+        os.chmod(tmp, 0o755)
+        swap_into_place(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        root.setLevel(level)
+    return target
+
+
+def _complete(folder: Path, fmt: str) -> bool:
     try:
         marker = json.loads((folder / _MARKER).read_text("utf-8"))
-        return marker.get("format") == _FORMAT and all(
+        return marker.get("format") == fmt and all(
             (folder / name).stat().st_size == size for name, size in marker["sizes"].items())
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
+
+
+def onnx_ready(model_dir: str | Path, runtime: str = RUNTIME) -> bool:
+    """True if the folder's ``onnx-3/`` (and for ``onnx-int8`` its ``onnx-3-int8/``) was completely
+    written by this format (sizes as recorded)."""
+    model_dir = Path(model_dir)
+    return _complete(model_dir / ONNX_DIR, _FORMAT) and (
+        runtime != RUNTIME_INT8 or _complete(model_dir / INT8_DIR, _INT8_FORMAT))
 
 
 class OnnxEncoder:
     """The bundled model through onnxruntime: L2-normalised float32 embeddings with e5's
     ``query: `` / ``passage: `` prompts, batched by token length."""
 
-    runtime = RUNTIME
-
-    def __init__(self, model_dir: str | Path, name: str, *, threads: int | None = None, graph: str | Path | None = None,
-                 spin: bool = False):
+    def __init__(self, model_dir: str | Path, name: str, *, runtime: str = RUNTIME, threads: int | None = None,
+                 graph: str | Path | None = None, spin: bool = False):
         import onnxruntime as ort
         import sentencepiece as spm
 
+        if runtime not in (RUNTIME, RUNTIME_INT8):
+            raise BadInput(f"runtime must be {RUNTIME!r} or {RUNTIME_INT8!r}, got {runtime!r}")
         model_dir = Path(model_dir)
         folder = model_dir / ONNX_DIR
-        self.name = name
+        graph = graph or (model_dir / INT8_DIR if runtime == RUNTIME_INT8 else folder) / _GRAPH
+        self.name, self.runtime = name, runtime
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -214,7 +265,7 @@ class OnnxEncoder:
 
         def build_session() -> None:
             try:
-                session.append(ort.InferenceSession(str(graph or folder / _GRAPH), sess_options=opts,
+                session.append(ort.InferenceSession(str(graph), sess_options=opts,
                                                     providers=["CPUExecutionProvider"]))
             except Exception as exc:  # noqa: BLE001 - re-raised below, in the caller's thread
                 session.append(exc)
@@ -237,8 +288,8 @@ class OnnxEncoder:
         except Exception as exc:  # onnxruntime raises its own classes for a damaged graph
             builder.join()
             first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-            raise ModelError(f"cannot load the ONNX encoder in {folder}: {first}; delete that folder to rebuild it, "
-                             f"or set RAG_ENCODER=torch") from None
+            raise ModelError(f"cannot load the ONNX encoder in {Path(graph).parent}: {first}; delete that folder to "
+                             f"rebuild it, or set RAG_ENCODER=torch") from None
         self.dimension = int(self.words.shape[1])
 
     def _ends_with_space(self, text: str) -> bool:
@@ -276,6 +327,10 @@ class OnnxEncoder:
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
         ids = self.token_ids([prompt + t for t in texts])
+        if self.runtime == RUNTIME_INT8:
+            # one text per run: the int8 graph quantises its activations with one scale per run, so a
+            # batch would make each text's vector depend on the others beside it (cosine 0.996 measured)
+            batch_size = 1
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths share a batch: little padding
         out = np.zeros((len(ids), self.dimension), dtype=np.float32)
         bar = None

@@ -289,7 +289,7 @@ def remove_pages(names: list[str], index_dir: str | Path = "index", *, seeds: st
 
 
 def _remove_pages(names: list[str], index_dir: Path, seeds: Path) -> dict:
-    from .embed import get_encoder
+    from .embed import index_encoder
 
     index = load_index(index_dir)
     known = {a.source for a in index.articles.values()}
@@ -312,7 +312,7 @@ def _remove_pages(names: list[str], index_dir: Path, seeds: Path) -> dict:
                 moved.append((aside, seeds / name))
             set_sidecar_entry(seeds, name, None)
         tokenizer = _tokenizer(articles)
-        sentences, sentence_vectors, _, _ = _sentences(articles, get_encoder(index.settings.model), old=index,
+        sentences, sentence_vectors, _, _ = _sentences(articles, index_encoder(index), old=index,
                                                        tokenizer=tokenizer)
         hashes = {k: v for k, v in index.manifest.get("seeds", {}).items() if k not in names}
         write_index(index_dir, articles=articles, chunks=[index.chunks[i] for i in rows],
@@ -332,7 +332,7 @@ def _remove_pages(names: list[str], index_dir: Path, seeds: Path) -> dict:
 
 def _add_pages(files: list[str | Path], index_dir: str | Path, *, seeds: str | Path,
                settings: Settings | None) -> dict:
-    from .embed import get_encoder
+    from .embed import index_encoder
 
     index = load_index(index_dir)
     settings = settings or index.settings
@@ -351,7 +351,7 @@ def _add_pages(files: list[str | Path], index_dir: str | Path, *, seeds: str | P
     old_vectors = index.vectors()[rows] if rows else index.vectors()[:0]
     new_chunks = chunk_articles(new_articles, settings.chunk)
     _check_page_limits(new_articles, new_chunks)
-    encoder = get_encoder(settings.model)
+    encoder = index_encoder(index)  # new vectors beside the old: the variant that made those
     articles = kept_articles + new_articles
     staging = Staging(index_dir, f"{index.model}|{encoder.runtime}")
     tokenizer = _tokenizer(articles)
@@ -414,9 +414,9 @@ class Engine:
 
     @property
     def encoder(self):
-        from .embed import get_encoder
+        from .embed import get_encoder, query_runtime
 
-        enc = get_encoder(self.settings.model)
+        enc = get_encoder(self.settings.model, query_runtime(self.settings.model, self.index.runtime))
         if enc.dimension != self.index.dimension:
             raise IndexFormat(f"index at {self.index.path} holds {self.index.dimension}-dimensional vectors but the "
                               f"model {self.settings.model.name!r} makes {enc.dimension}; rebuild with `rag index`")

@@ -711,8 +711,8 @@ def evidence_of_hits(index, info: QuestionInfo, hits, query_vector: np.ndarray |
     if found is not None:
         return found
     if query_vector is None:
-        from .embed import get_encoder
+        from .embed import index_encoder
 
-        query_vector = get_encoder(index.settings.model).encode_queries([info.text])[0]
+        query_vector = index_encoder(index).encode_queries([info.text])[0]
     return gather_evidence(index, info, query_vector, [(index.chunks.row_of(h.chunk.chunk_id), h.rank) for h in hits],
                            params)

@@ -201,16 +201,49 @@ def test_fast_tokenizer_gives_the_reference_ids_on_every_seed_text(encoder, torc
 
 def test_runtime_is_chosen_by_model_and_setting(monkeypatch):
     from rag.config import ModelSettings
-    from rag.embed import encoder_runtime
+    from rag.embed import encoder_runtime, query_runtime
     from rag.errors import BadInput
 
-    assert encoder_runtime(ModelSettings()) == "onnx-fp32"
-    assert encoder_runtime(ModelSettings(name="BAAI/bge-small-zh-v1.5")) == "sentence-transformers"
-    monkeypatch.setenv("RAG_ENCODER", "torch")
-    assert encoder_runtime(ModelSettings()) == "sentence-transformers"
+    monkeypatch.delenv("RAG_ENCODER", raising=False)
+    bundled, other = ModelSettings(), ModelSettings(name="BAAI/bge-small-zh-v1.5")
+    assert encoder_runtime(bundled) == "onnx-fp32"
+    assert encoder_runtime(other) == "sentence-transformers"
+    for choice, want in (("torch", "sentence-transformers"), ("int8", "onnx-int8"), ("fp32", "onnx-fp32"),
+                         ("onnx", "onnx-fp32"), (" INT8 ", "onnx-int8")):
+        monkeypatch.setenv("RAG_ENCODER", choice)
+        assert encoder_runtime(bundled) == want, choice
+        assert encoder_runtime(other) == "sentence-transformers", choice
+        # an int8 index is queried by the int8 graph whatever the setting; an fp32 or torch one never by it
+        assert query_runtime(bundled, "onnx-int8") == "onnx-int8"
+        assert query_runtime(bundled, "onnx-fp32") == ("sentence-transformers" if choice == "torch" else "onnx-fp32")
+        assert query_runtime(bundled, "sentence-transformers") == query_runtime(bundled, "onnx-fp32")
     monkeypatch.setenv("RAG_ENCODER", "tensorflow")
-    with pytest.raises(BadInput, match="RAG_ENCODER must be 'onnx' or 'torch', got 'tensorflow'"):
+    with pytest.raises(BadInput, match="RAG_ENCODER must be 'onnx' \\(= 'fp32'\\), 'int8' or 'torch', got 'tensorflow'"):
         encoder_runtime(ModelSettings())
+
+
+def test_the_int8_runtime_is_near_fp32_and_one_text_never_depends_on_its_batch(encoder, passages, qa_items):
+    """RAG_ENCODER=int8: the same network with 8-bit products. Its vectors are its own but close to
+    fp32's; its activations are quantised per run, so it runs one text at a time — a question gets the
+    same vector asked alone or in a batch (a batch of 32 moved it to cosine 0.996)."""
+    from rag.config import ModelSettings
+    from rag.embed import get_encoder
+
+    int8 = get_encoder(ModelSettings(), "onnx-int8")
+    assert int8.runtime == "onnx-int8" and encoder.runtime == "onnx-fp32"
+    queries = [q.question for q in qa_items][:40]
+    a, qa_ = int8.encode_passages(passages), int8.encode_queries(queries)
+    b, qb = encoder.encode_passages(passages), encoder.encode_queries(queries)
+    cos = np.concatenate([(a * b).sum(1), (qa_ * qb).sum(1)])
+    assert 0.98 <= cos.min() and cos.max() < 0.999999 and cos.mean() >= 0.995, (cos.min(), cos.mean())
+    alone = np.vstack([int8.encode_queries([q]) for q in queries[:12]])
+    assert np.array_equal(alone, qa_[:12])
+    # the same best passage wherever fp32's best is clearly ahead
+    fs = qb @ b.T
+    top2 = np.sort(fs, axis=1)[:, -2:]
+    clear = (top2[:, 1] - top2[:, 0]) >= 0.01
+    assert clear.sum() >= len(queries) // 3
+    assert (np.argmax(qa_ @ a.T, axis=1)[clear] == np.argmax(fs, axis=1)[clear]).all()
 
 
 def _copy_model(tmp_path):
@@ -293,10 +326,11 @@ def test_a_cache_from_an_older_rag_gets_the_new_graph_beside_its_own(tmp_path):
     import subprocess
     import sys
 
-    from rag.onnxenc import ONNX_DIR
+    from rag.onnxenc import INT8_DIR, ONNX_DIR
 
     cache, model = _copy_model(tmp_path)
     shutil.rmtree(model / ONNX_DIR)
+    shutil.rmtree(model / INT8_DIR, ignore_errors=True)  # the fp32 default never writes it
     older = model / "onnx"
     shutil.rmtree(older, ignore_errors=True)
     older.mkdir()
@@ -347,7 +381,35 @@ def test_the_manifest_records_the_runtime_and_refuses_an_unknown_one(index_dir, 
     del manifest["model"]["runtime"]  # an index from before the runtime was recorded: torch built it
     (copy / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
     assert load_index(copy).runtime == "sentence-transformers"
-    manifest["model"]["runtime"] = "onnx-int8"
+    manifest["model"]["runtime"] = "onnx-int4"
     (copy / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
-    with pytest.raises(IndexFormat, match="built by encoder runtime 'onnx-int8'.*rebuild it with `rag index`"):
+    with pytest.raises(IndexFormat, match="built by encoder runtime 'onnx-int4'.*rebuild it with `rag index`"):
         load_index(copy)
+
+
+def test_an_int8_index_is_queried_and_grown_with_the_int8_graph(tmp_path, monkeypatch):
+    """Built with RAG_ENCODER=int8, the manifest says onnx-int8; without the setting (or with another)
+    questions are still encoded by the int8 graph, and added pages are embedded by it too — never
+    fp32 vectors beside int8 ones."""
+    from pathlib import Path
+
+    from rag.index import load_index
+    from rag.pipeline import add_pages, build_index, get_engine
+
+    root = Path(__file__).resolve().parent.parent
+    seeds = tmp_path / "seeds"
+    seeds.mkdir()
+    pages = sorted((root / "seeds").glob("*.txt"))
+    shutil.copyfile(pages[0], seeds / pages[0].name)
+    monkeypatch.setenv("RAG_ENCODER", "int8")
+    build_index(seeds, tmp_path / "index")
+    assert load_index(tmp_path / "index").runtime == "onnx-int8"
+    for choice in ("", "torch", "fp32"):
+        monkeypatch.setenv("RAG_ENCODER", choice)
+        engine = get_engine(tmp_path / "index")
+        assert engine.encoder.runtime == "onnx-int8", choice
+    answer = engine.ask("格尔木昆仑经济技术开发区在全国排第几？")
+    assert "128" in answer.answer and answer.citations and not answer.refused, answer.answer
+    add_pages([pages[1]], tmp_path / "index", seeds=seeds)
+    grown = load_index(tmp_path / "index")
+    assert grown.runtime == "onnx-int8" and len({a.source for a in grown.articles.values()}) == 2
