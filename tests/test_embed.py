@@ -227,17 +227,19 @@ def test_the_int8_runtime_is_near_fp32_and_one_text_never_depends_on_its_batch(e
     fp32's; its activations are quantised per run, so it runs one text at a time — a question gets the
     same vector asked alone or in a batch (a batch of 32 moved it to cosine 0.996)."""
     from rag.config import ModelSettings
-    from rag.embed import get_encoder
+    from rag.embed import get_encoder, int8_suits_cpu
 
     int8 = get_encoder(ModelSettings(), "onnx-int8")
     assert int8.runtime == "onnx-int8" and encoder.runtime == "onnx-fp32"
     queries = [q.question for q in qa_items][:40]
     a, qa_ = int8.encode_passages(passages), int8.encode_queries(queries)
+    alone = np.vstack([int8.encode_queries([q]) for q in queries[:12]])
+    assert np.array_equal(alone, qa_[:12])
+    if not int8_suits_cpu():  # rag warns there: 8-bit products may saturate, how far is not measured
+        pytest.skip("no VNNI on this CPU: int8's closeness to fp32 is measured only with it")
     b, qb = encoder.encode_passages(passages), encoder.encode_queries(queries)
     cos = np.concatenate([(a * b).sum(1), (qa_ * qb).sum(1)])
     assert 0.98 <= cos.min() and cos.max() < 0.999999 and cos.mean() >= 0.995, (cos.min(), cos.mean())
-    alone = np.vstack([int8.encode_queries([q]) for q in queries[:12]])
-    assert np.array_equal(alone, qa_[:12])
     # the same best passage wherever fp32's best is clearly ahead
     fs = qb @ b.T
     top2 = np.sort(fs, axis=1)[:, -2:]
