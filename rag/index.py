@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import Settings
+from .embed import RUNTIMES
 from .errors import BadInput, IndexFormat, IndexNotFound, IndexStale
 from .meta import SIDECAR
 from .store import Store, StoreSpec, build_store, open_store
@@ -34,8 +35,9 @@ __all__ = ["FORMAT_VERSION", "Index", "write_index", "load_index", "seed_hashes"
 # in format 3: an index without it is refused, see _load_index)
 FORMAT_VERSION = 4  # 4: sentence vectors embed the sentence under its article's title
 # encoder variants whose vectors this rag reproduces: the ONNX fp32 graph gives the bundled model the same
-# vectors as sentence-transformers (tests/test_embed.py), so either may query an index the other built
-_RUNTIMES = ("onnx-int8", "onnx-fp32", "sentence-transformers")  # rag.embed.RUNTIMES
+# vectors as sentence-transformers (tests/test_embed.py), so either may query an index the other built;
+# an int8 index only by the int8 graph (rag.embed.query_runtime)
+_RUNTIMES = RUNTIMES
 MANIFEST = "manifest.json"
 _UNCHECKED = (MANIFEST, "README.md")
 

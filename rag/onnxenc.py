@@ -27,7 +27,7 @@ __all__ = ["OnnxEncoder", "export_onnx", "onnx_ready", "RUNTIME", "RUNTIME_INT8"
 
 RUNTIME = "onnx-fp32"
 # the same graph with its matrix products in 8-bit integers (weights per output channel, activations
-# per run), chosen with RAG_ENCODER=int8: ~1.7x the passages per second, its own vectors (cosine >= 0.99
+# per run), chosen with RAG_ENCODER=int8: ~1.9x the passages per second, its own vectors (cosine >= 0.99
 # to fp32), so an index built with it is queried with it (figures: bench/bench_int8.py, README)
 RUNTIME_INT8 = "onnx-int8"
 # inside the converted model folder, one folder per format: a cache shared with an older rag keeps
@@ -153,12 +153,23 @@ def _sentencepiece_model(model_dir: Path) -> tuple[bytes, dict]:
     return mp.SerializeToString(), tail
 
 
+def _publish(tmp: Path, target: Path, fmt: str, runtime: str, names: tuple[str, ...]) -> None:
+    """Mark a written temporary folder complete (its files' sizes) and swap it into place: a damaged
+    one is exchanged in one step, never half there (rag.storage.swap_into_place)."""
+    from .storage import swap_into_place
+
+    sizes = {name: (tmp / name).stat().st_size for name in names}
+    (tmp / _MARKER).write_text(json.dumps({"format": fmt, "runtime": runtime, "sizes": sizes}), "utf-8")
+    for f in tmp.iterdir():
+        os.chmod(f, 0o644)
+    os.chmod(tmp, 0o755)
+    swap_into_place(tmp, target)
+
+
 def export_onnx(model_dir: str | Path) -> Path:
     """Write ``onnx-3/`` (graph, memory-mappable word embeddings, marker) into a converted bundled
     model folder, atomically: a temporary sibling swapped into place (rag.storage.swap_into_place)."""
     import onnx
-
-    from .storage import swap_into_place
 
     model_dir = Path(model_dir)
     sd, config = _weights(model_dir)
@@ -171,12 +182,7 @@ def export_onnx(model_dir: str | Path) -> Path:
         sp_model, tail = _sentencepiece_model(model_dir)
         (tmp / _SPM).write_bytes(sp_model)
         (tmp / _TAIL).write_text(json.dumps(tail), "utf-8")
-        sizes = {name: (tmp / name).stat().st_size for name in (_GRAPH, _WORDS, _SPM, _TAIL)}
-        (tmp / _MARKER).write_text(json.dumps({"format": _FORMAT, "runtime": RUNTIME, "sizes": sizes}), "utf-8")
-        for f in tmp.iterdir():
-            os.chmod(f, 0o644)
-        os.chmod(tmp, 0o755)
-        swap_into_place(tmp, target)  # a damaged one is exchanged in one step, never half there
+        _publish(tmp, target, _FORMAT, RUNTIME, (_GRAPH, _WORDS, _SPM, _TAIL))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -192,8 +198,6 @@ def export_int8(model_dir: str | Path) -> Path:
     from onnx import TensorProto
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from .storage import swap_into_place
-
     model_dir = Path(model_dir)
     target = model_dir / INT8_DIR
     tmp = Path(tempfile.mkdtemp(prefix=INT8_DIR + ".tmp-", dir=model_dir))
@@ -204,13 +208,7 @@ def export_int8(model_dir: str | Path) -> Path:
         # the fused operators have no ONNX shape inference: name the float type (Attention -> QAttention)
         quantize_dynamic(str(model_dir / ONNX_DIR / _GRAPH), str(tmp / _GRAPH), weight_type=QuantType.QInt8,
                          per_channel=True, extra_options={"DefaultTensorType": TensorProto.FLOAT})
-        sizes = {_GRAPH: (tmp / _GRAPH).stat().st_size}
-        (tmp / _MARKER).write_text(json.dumps({"format": _INT8_FORMAT, "runtime": RUNTIME_INT8, "sizes": sizes}),
-                                   "utf-8")
-        for f in tmp.iterdir():
-            os.chmod(f, 0o644)
-        os.chmod(tmp, 0o755)
-        swap_into_place(tmp, target)
+        _publish(tmp, target, _INT8_FORMAT, RUNTIME_INT8, (_GRAPH,))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

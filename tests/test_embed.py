@@ -269,14 +269,18 @@ def _copy_model(tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["missing", "truncated", "garbage"])
-def test_a_missing_or_damaged_onnx_file_is_written_again(tmp_path, damage):
+@pytest.mark.parametrize("runtime", ["onnx-fp32", "onnx-int8"])
+def test_a_missing_or_damaged_onnx_file_is_written_again(tmp_path, damage, runtime):
     import subprocess
     import sys
 
-    cache, model = _copy_model(tmp_path)
-    from rag.onnxenc import ONNX_DIR
+    from rag.config import ModelSettings
+    from rag.embed import resolve_model
+    from rag.onnxenc import INT8_DIR, ONNX_DIR
 
-    graph = model / ONNX_DIR / "encoder.onnx"
+    resolve_model(ModelSettings(), runtime)  # the shared cache holds the graph to copy
+    cache, model = _copy_model(tmp_path)
+    graph = model / (INT8_DIR if runtime == "onnx-int8" else ONNX_DIR) / "encoder.onnx"
     size = graph.stat().st_size
     graph.unlink()  # it is a hard link to the shared cache: never write through it
     if damage == "truncated":
@@ -287,9 +291,9 @@ def test_a_missing_or_damaged_onnx_file_is_written_again(tmp_path, damage):
     code = ("from rag.embed import get_encoder; import numpy as np; e = get_encoder(); "
             "v = e.encode_queries(['格尔木的开发区在全国排第几？']); print(e.runtime, v.shape, round(float(np.linalg.norm(v)), 3))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "RAG_CACHE": str(cache)})
+                          env={**os.environ, "RAG_CACHE": str(cache), "RAG_ENCODER": runtime[len("onnx-"):]})
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.split() == ["onnx-fp32", "(1,", "384)", "1.0"]
+    assert proc.stdout.split() == [runtime, "(1,", "384)", "1.0"]
     assert "Traceback" not in proc.stderr
     assert graph.stat().st_size == size
 
