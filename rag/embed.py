@@ -94,9 +94,9 @@ def query_runtime(settings: ModelSettings, built_by: str) -> str:
     """The runtime that queries an index built by ``built_by``: the int8 graph for an int8 index (its
     vectors are its own); for one built by fp32 ONNX or sentence-transformers, which give the same
     vectors, either (``RAG_ENCODER`` chooses; fp32 when it names int8)."""
+    runtime = encoder_runtime(settings)  # a misspelt RAG_ENCODER is said, whatever the index
     if built_by == "onnx-int8":
         return built_by
-    runtime = encoder_runtime(settings)
     return "onnx-fp32" if runtime == "onnx-int8" else runtime
 
 

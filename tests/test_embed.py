@@ -220,6 +220,8 @@ def test_runtime_is_chosen_by_model_and_setting(monkeypatch):
     monkeypatch.setenv("RAG_ENCODER", "tensorflow")
     with pytest.raises(BadInput, match="RAG_ENCODER must be 'onnx' \\(= 'fp32'\\), 'int8' or 'torch', got 'tensorflow'"):
         encoder_runtime(ModelSettings())
+    with pytest.raises(BadInput, match="got 'tensorflow'"):  # even where the index decides the runtime
+        query_runtime(bundled, "onnx-int8")
 
 
 def test_the_int8_runtime_is_near_fp32_and_one_text_never_depends_on_its_batch(encoder, passages, qa_items):
