@@ -30,7 +30,7 @@ def main(variant: str) -> None:
 
     if variant not in ("fp32", "int8", "int8-tensor"):
         sys.exit(f"variant must be fp32, int8 or int8-tensor, got {variant!r}")
-    model_dir = embed.resolve_model(ModelSettings(), "onnx-int8")
+    model_dir = embed.resolve_model(ModelSettings(), "onnx-int8" if variant == "int8" else "onnx-fp32")
     tmp = Path(tempfile.mkdtemp(prefix="bench-int8-"))
     try:
         if variant == "int8-tensor":  # the first int8 tried: one scale per weight matrix, batches of 32
