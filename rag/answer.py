@@ -11,7 +11,7 @@ import numpy as np
 from .config import AnswerSettings
 from .index import Index
 from .query import Question, QuestionInfo
-from .score import Evidence, ScoringParams, evidence_of_hits, judge, load_scoring
+from .score import Evidence, ScoringParams, asks_a_name, evidence_of_hits, judge, load_scoring
 from .types import Answer, Citation, Hit, QuestionKind
 from .zh import numbers_in, split_sentences
 
@@ -45,14 +45,16 @@ def unsupported_numbers(answer: str, citations: list[Citation] | tuple[Citation,
     return [n for n in numbers_in(text) if n not in have]
 
 
-def refusal(question: str, hits: list[Hit], reason: str = "") -> Answer:
-    """The plain "not found" answer, offering the closest articles instead of a guess."""
+def refusal(question: str, hits: list[Hit], reason: str = "", *, asked: str | None = None) -> Answer:
+    """The plain "not found" answer, offering the closest articles instead of a guess; it quotes
+    ``asked`` (a follow-up as it was understood: "格尔木在动力电池产能城市中排第几", not "那格尔木呢"), else
+    the question."""
     related, seen = [], set()
     for h in hits:
         if h.chunk.article_id not in seen:
             seen.add(h.chunk.article_id)
             related.append({"article_id": h.chunk.article_id, "title": h.title, "source": h.source})
-    topic = question.strip().rstrip("？?。！!")
+    topic = (asked or question).strip().rstrip("？?。！!")
     text = f"在现有资料中没有找到“{topic}”的信息。"
     if related:
         text += "以下文章可能相关：" + "；".join(f"《{r['title']}》" for r in related[:3]) + "。"
@@ -153,7 +155,8 @@ def _partial(index: Index, question: Question, ev: Evidence, hits: list[Hit]) ->
     about = "".join(p for p in ev.about_places if p not in ev.missing_places)
     about += "".join(_year(y) for y in ev.about_years if y not in ev.missing_years)
     asked = "".join(_surface(question.resolved, p) for p in ev.missing_places) + "".join(_year(y) for y in ev.missing_years)
-    thing = {QuestionKind.COUNT: "数字", QuestionKind.RANK: "排名", QuestionKind.DATE: "日期"}.get(question.info.kind, "信息")
+    thing = {QuestionKind.COUNT: "数字", QuestionKind.RANK: "排名", QuestionKind.DATE: "日期"}.get(
+        question.info.kind, "名称" if asks_a_name(question.resolved) else "信息")
     head = f"资料中只有{about}的相关内容：" if about else "资料中只有以下相关内容："
     cite = make_citation(1, index, ev.article_id, start, end)
     if asked:
@@ -180,7 +183,7 @@ def compose_answer(index: Index, question: Question, hits: list[Hit], settings: 
     """Answer from the hits: the best one to three sentences, the enumerated items for a 哪些/措施
     question, a partial answer when only the place, the year or the asked figure is missing, or a refusal."""
     if not hits:
-        return refusal(question.text, hits)
+        return refusal(question.text, hits, asked=question.resolved)
     params = scoring or load_scoring()
     info = question.info
     evidence = evidence_of_hits(index, info, hits, query_vector, params)
@@ -198,7 +201,7 @@ def compose_answer(index: Index, question: Question, hits: list[Hit], settings: 
         return _answer_from(index, question.text, [(ev.article_id, ev.start, ev.end) for ev in chosen])
     if verdict.partial is not None:
         return _partial(index, question, verdict.partial, hits)
-    return refusal(question.text, hits)
+    return refusal(question.text, hits, asked=question.resolved)
 
 
 def evidence_sentences(index: Index, info: QuestionInfo, hits: list[Hit], *, limit: int = 3,

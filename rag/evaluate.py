@@ -282,6 +282,29 @@ def collect_evidence(engine, items: list[QAItem], base: ScoringParams | None = N
     return out
 
 
+def _answer_threshold(best_p: np.ndarray, good: np.ndarray, answerable: np.ndarray, margin: float) -> float:
+    """The answer threshold: the one whose balanced accuracy (answerable questions answered from the
+    right sentence, unanswerable ones refused), averaged over thresholds up to ``margin`` logits either
+    side, is highest. Averaging keeps it off a single question's score and in the middle of a wide
+    plateau, measured in logits, where probabilities near 1 are far apart (a fold fitted on 46
+    questions put it at 0.98 by taking the plateau's median in probability; its neighbours at 0.78)."""
+    z = np.log(np.clip(best_p, 1e-12, 1.0)) - np.log(np.clip(1.0 - best_p, 1e-12, 1.0))
+    z = np.where(best_p <= 0.0, -50.0, z)
+    n_a, n_u = max(1, answerable.sum()), max(1, (~answerable).sum())
+    right, wrong = np.sort(z[answerable & good]), np.sort(z[~answerable])
+
+    def accuracy(t: np.ndarray) -> np.ndarray:  # answered right (z >= t) plus refused (z < t), each balanced
+        return (len(right) - np.searchsorted(right, t, side="left")) / n_a + np.searchsorted(wrong, t, side="left") / n_u
+
+    zs = np.unique(z[z > -50])
+    cuts = np.concatenate([[zs[0] - 1.0], (zs[:-1] + zs[1:]) / 2, [zs[-1] + 1.0]]) if len(zs) else np.array([0.0])
+    offsets = np.linspace(-margin, margin, 21) if margin > 0 else np.zeros(1)
+    scores = np.array([accuracy(t + offsets).mean() for t in cuts])
+    winners = cuts[scores >= scores.max() - 1e-9]
+    t = float(winners[len(winners) // 2])
+    return float(1.0 / (1.0 + np.exp(-t)))
+
+
 def fit_scoring(collected: list[Collected], base: ScoringParams | None = None, *, note: str = "") -> ScoringParams:
     """Fit the logistic weights (each question's evidence weighted equally, positives and negatives
     balanced) and then the answer threshold that best separates the answerable questions whose best
@@ -313,14 +336,7 @@ def fit_scoring(collected: list[Collected], base: ScoringParams | None = None, *
         i = int(np.argmax(np.where(fits, z - params.length_penalty * c.lengths, -np.inf)))
         best_p.append(float(p[i])), good.append(bool(c.labels[i])), answerable.append(c.item.answerable)
     best_p, good, answerable = np.array(best_p), np.array(good), np.array(answerable)
-    cands = np.unique(best_p)
-    cuts = np.concatenate([[0.0], (cands[:-1] + cands[1:]) / 2, [1.0]]) if len(cands) else np.array([0.5])
-    n_a, n_u = max(1, answerable.sum()), max(1, (~answerable).sum())
-    scores = [((answerable & good & (best_p >= t)).sum() / n_a + ((~answerable) & (best_p < t)).sum() / n_u)
-              for t in cuts]
-    top = max(scores)
-    winners = [t for t, s in zip(cuts, scores) if s >= top - 1e-9]
-    threshold = float(winners[len(winners) // 2])
+    threshold = _answer_threshold(best_p, good, answerable, base.threshold_margin)
     return replace(params, threshold=threshold,
                    fitted_on=note or f"{len(collected)} questions, {int(y.sum())} positive of {len(y)} sentences")
 

@@ -33,7 +33,7 @@ __all__ = ["FORMAT_VERSION", "Index", "write_index", "load_index", "seed_hashes"
 # 2: the manifest lists every file with its size and sha256; 3: articles carry their page's paper, date,
 # page, region and city (the manifest's "tokenizer" entry, with terms/places/stopwords.txt, came later
 # in format 3: an index without it is refused, see _load_index)
-FORMAT_VERSION = 4  # 4: sentence vectors embed the sentence under its article's title
+FORMAT_VERSION = 5  # 4: sentence vectors embed the sentence under its article's title; 5: sentence places by the gazetteer
 # encoder variants whose vectors this rag reproduces: the ONNX fp32 graph gives the bundled model the same
 # vectors as sentence-transformers (tests/test_embed.py), so either may query an index the other built;
 # an int8 index only by the int8 graph (rag.embed.query_runtime)

@@ -19,7 +19,9 @@ _DATE_Q = re.compile(r"什么时候|何时|哪天|哪几[天年]|哪一天|哪�
 _LIST_Q = re.compile(r"哪些|哪几|怎么做|做了什么|采取了|举措|办法|措施|做法|要求|怎么[抓推办干]")
 _BENEFIT_Q = re.compile(r"好处|益处|便利|优势|作用|意义|帮助|有什么用|有何用")
 _WHO_Q = re.compile(r"谁|哪位|哪个单位|哪家|哪所|哪个部门|什么人|哪里|在哪")
-_MEASURE_RE = re.compile(rf"(?:多少|(?<![哪这那近])几)([{MEASURE_WORDS}钱]?)")
+# the unit asked for after 多少/几: a measure word, or a unit of length, weight, area or money
+_MEASURE_RE = re.compile(rf"(?:多少|(?<![哪这那近])几)(平方公里|平方米|公里|千米|公斤|千克|公顷|块钱|毛钱|万元|亿元"
+                         rf"|[{MEASURE_WORDS}钱斤亩米只头张块支本棵株栋层届期部架]?)")
 _KIND_PATTERNS = ((QuestionKind.RANK, _RANK_Q), (QuestionKind.DATE, _DATE_Q), (QuestionKind.COUNT, _COUNT_Q),
                   (QuestionKind.LIST, _LIST_Q), (QuestionKind.BENEFIT, _BENEFIT_Q), (QuestionKind.WHO, _WHO_Q))
 
@@ -96,7 +98,7 @@ def _analyze(question: str, tokenizer: Tokenizer) -> QuestionInfo:
 
 # Generic question nouns: they say what kind of answer is wanted, not what it is about.
 SOFT_TERMS = frozenset("""好处 益处 便利 优势 用处 措施 作用 意义 内容 办法 要求 方面 成效 效果 举措 变化 目的 原因 情况 工作 具体 主要
-哪些方面 做法 政策 有关 相关 特点 亮点 成果 进展 影响 帮助""".split())
+哪些方面 做法 政策 有关 相关 特点 亮点 成果 进展 影响 帮助 标准""".split())
 
 _FOLLOWUP_START = re.compile(r"^(那|那么|那个|那些|还有|另外|此外|它|它们|他们|这个|这些|该|其|具体|再|以及|和|同时)")
 _FOLLOWUP_END = re.compile(r"呢[？?！!。]*$")

