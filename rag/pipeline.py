@@ -26,7 +26,7 @@ from .ingest import MAX_PAGE_CHUNKS, list_pages, page_name_problem, read_page
 from .meta import SIDECAR, Filters, PageMeta, page_meta, read_sidecar, set_sidecar_entry
 from .query import Question, in_context, resolve_followup
 from .retrieve import check_query
-from .score import ScoringParams
+from .score import ScoringParams, names_the_subject
 from .retrieve import search as _search
 from .segment import segment_page
 from .storage import writer_lock
@@ -515,17 +515,24 @@ class Engine:
             answer = compose_answer(self.index, q, hits, self.settings.answer, query_vector=vector, scoring=scoring)
             spent["retrieve_ms"] += (t2 - t1) * 1000
             spent["answer_ms"] += (time.perf_counter() - t2) * 1000
-            return hits, answer
+            return hits, answer, vector
 
-        hits, answer = extractive(q)
-        if (answer.refused or answer.partial) and history:
-            # a question that leans on the conversation without saying so ("登记啥时候开始？"): the
-            # previous topic is tried too, and its answer kept only if it is a full one
+        hits, answer, vector = extractive(q)
+        if history:
+            # a question that leans on the conversation without saying so ("登记啥时候开始？" after a
+            # 五经普 question): the previous topic is tried too, and its answer kept if it is a full one
+            # and the alone reading is refused, or scores lower (on pages where 登记 is also a firm's
+            # change of name, the alone reading answers from that article)
             topic = in_context(q.text, [h for h in history if isinstance(h, str)], self.index.tokenizer)
             if topic and len(topic) <= self.settings.answer.max_question_chars:
                 q2 = Question.of(q.text, resolved=topic, filters=q.filters, tokenizer=self.index.tokenizer)
-                hits2, answer2 = extractive(q2)
-                if not (answer2.refused or answer2.partial):
+                hits2, answer2, vector2 = extractive(q2)
+                # the topic's words must not carry the answer alone: it names what the question itself
+                # asks about ("差错率多少？" is not answered by the topic's "选聘6845名普查员")
+                if not (answer2.refused or answer2.partial) and names_the_subject(
+                        q.info, "".join(c.excerpt for c in answer2.citations)) and (
+                        answer.refused or answer.partial
+                        or self._support(q2, hits2, vector2, scoring) > self._support(q, hits, vector, scoring)):
                     q, hits, answer = q2, hits2, answer2
         timings = {name: round(ms, 1) for name, ms in spent.items()}
         if mode is AnswerMode.LLM:
@@ -537,6 +544,14 @@ class Engine:
         timings["total_ms"] = round((time.perf_counter() - t0) * 1000, 1)
         extra = {"resolved_question": q.resolved} if q.resolved != q.text else {}
         return replace(self.with_page_fields(answer), timings_ms=timings, **extra)
+
+    def _support(self, question: Question, hits: list[Hit], vector, scoring: ScoringParams | None) -> float:
+        """How well the hits answer the question: the probability of its best fitting sentence."""
+        from .score import evidence_of_hits, judge, load_scoring
+
+        params = scoring or load_scoring()
+        verdict = judge(evidence_of_hits(self.index, question.info, hits, vector, params), params)
+        return verdict.probability if verdict.chosen else 0.0
 
     def with_page_fields(self, answer: Answer) -> Answer:
         """The answer with each citation and related article carrying its page's paper, date, page, region."""

@@ -28,7 +28,7 @@ from .types import QuestionKind
 from .zh import (MEASURE_WORDS, Tokenizer, count_han, default_tokenizer, fold_width, is_han, local_place_names,
                  place_key, relative_years, split_sentences, years_in)
 
-__all__ = ["FEATURES", "ScoringParams", "load_scoring", "save_scoring", "Evidence", "Judgement", "fact_match", "asks_a_name", "names_something_new",
+__all__ = ["FEATURES", "ScoringParams", "load_scoring", "save_scoring", "Evidence", "Judgement", "fact_match", "asks_a_name", "names_something_new", "names_the_subject",
            "term_coverage", "place_check", "year_check", "relative_year_check", "describe_sentences", "gather_evidence", "rerank",
            "judge", "fit_logistic", "sentence_embed_text", "constraints_hold", "SCORING_FILE", "term_weights", "coverage", "remember_evidence", "evidence_of_hits"]
 
@@ -253,7 +253,7 @@ def names_something_new(question: str, sentence: str, tokenizer: Tokenizer | Non
 _SCOPE = re.compile(r"^(?:[全本我][国省市州县区]|国内|省内|国际|全球|世界)$")  # where a rank counts, not what is ranked
 
 
-def _names_the_subject(info: QuestionInfo, sentence: str) -> bool:
+def names_the_subject(info: QuestionInfo, sentence: str) -> bool:
     """Whether a sentence names what the question is about: one of its terms other than places, scopes
     (全国) and generic nouns, whole or by half its characters (everyday wording: "画图" / 绘图); true when
     the question has no such term."""
@@ -286,7 +286,7 @@ def fact_match(info: QuestionInfo, sentence: str, tokenizer: Tokenizer | None = 
     for num in sorted(info.numbers, key=len, reverse=True):
         s = s.replace(num, " ")
     if info.kind is QuestionKind.RANK:  # a rank of the asked thing: 西宁's battery rank is not its 开发区's
-        return 1.0 if _RANK_A.search(s) and _names_the_subject(info, s) else 0.0
+        return 1.0 if _RANK_A.search(s) and names_the_subject(info, s) else 0.0
     if _DURATION_Q.search(info.text):  # 多久: a span of time (一两分钟, 5个工作日, 当天), not a date
         return 1.0 if _DURATION_A.search(_DATE_IN_TEXT.sub(" ", s)) else 0.0
     if info.kind is QuestionKind.DATE:

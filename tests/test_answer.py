@@ -114,6 +114,19 @@ def test_a_question_that_leans_on_the_conversation_without_saying_so(engine):
     assert engine.ask("最低工资标准是多少？", history=previous).refused
 
 
+def test_a_question_answered_alone_from_another_topic_is_read_in_the_conversations(engine):
+    """Alone, "什么时候启动？" is answered from the 党风廉政 article (its 考核 was 启动); after a 五经普
+    question the topic's reading scores higher, and is kept. The topic's words must not carry the
+    answer alone: "差错率多少？" is not answered with the topic's 6845名普查员."""
+    previous = ["五经普一共选聘了多少普查员？"]
+    ans = engine.ask("什么时候启动？", history=previous)
+    assert not ans.refused and not ans.partial and "2024年1月1日" in ans.answer, ans.answer
+    assert ans.resolved_question.startswith("什么时候启动（")
+    assert ans.citations and all("五经普" in c.title for c in ans.citations)
+    rate = engine.ask("差错率多少？", history=previous)
+    assert "6845" not in rate.answer and (rate.refused or rate.partial or "差错率" in rate.answer), rate.answer
+
+
 def test_follow_up_in_a_conversation(engine):
     first = engine.ask("电子劳动合同有什么好处？")
     assert not first.refused
