@@ -72,13 +72,7 @@ def analyze_question(question: str, tokenizer: Tokenizer | None = None) -> Quest
     'count'
     """
     tokenizer = tokenizer or default_tokenizer()
-    key = ("analyze_question", question)
-    info = tokenizer.memo.get(key)
-    if info is None:
-        if len(tokenizer.memo) > 4096:
-            tokenizer.memo.clear()
-        info = tokenizer.memo[key] = _analyze(question, tokenizer)
-    return info
+    return tokenizer.remembered(("analyze_question", question), lambda: _analyze(question, tokenizer))
 
 
 def _analyze(question: str, tokenizer: Tokenizer) -> QuestionInfo:

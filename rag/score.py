@@ -28,7 +28,8 @@ from .types import QuestionKind
 from .zh import (MEASURE_WORDS, Tokenizer, count_han, default_tokenizer, fold_width, is_han, local_place_names,
                  place_key, relative_years, split_sentences, years_in)
 
-__all__ = ["FEATURES", "ScoringParams", "load_scoring", "save_scoring", "Evidence", "Judgement", "fact_match", "asks_a_name", "names_something_new", "names_the_subject",
+__all__ = ["FEATURES", "ScoringParams", "load_scoring", "save_scoring", "Evidence", "Judgement", "fact_match",
+           "asks_a_name", "names_something_new", "names_the_subject",
            "term_coverage", "place_check", "year_check", "relative_year_check", "describe_sentences", "gather_evidence", "rerank",
            "judge", "fit_logistic", "sentence_embed_text", "constraints_hold", "SCORING_FILE", "term_weights", "coverage", "remember_evidence", "evidence_of_hits"]
 
@@ -241,12 +242,8 @@ def names_something_new(question: str, sentence: str, tokenizer: Tokenizer | Non
         if next(g for g in m.groups() if g) not in q:
             return True
     tokenizer = tokenizer or default_tokenizer()
-    key = ("names", s)
-    words = tokenizer.memo.get(key)
-    if words is None:
-        if len(tokenizer.memo) > 4096:
-            tokenizer.memo.clear()
-        words = tokenizer.memo[key] = tuple(w for w, f in tokenizer.pos_cut(s, HMM=True) if f in _NAME_FLAGS and len(w) >= 2)
+    words = tokenizer.remembered(("names", s), lambda: tuple(w for w, f in tokenizer.pos_cut(s, HMM=True)
+                                                             if f in _NAME_FLAGS and len(w) >= 2))
     return any(w not in q and place_key(w) not in q for w in words)  # "海西州" is the question's "海西"
 
 

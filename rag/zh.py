@@ -162,6 +162,16 @@ class Tokenizer:
         self._tokens = lru_cache(maxsize=4096)(lambda text: tuple(self._jieba_tokens(text, search=True)))
         self.memo: dict = {}  # what other modules derive from this tokenizer (question analyses)
 
+    def remembered(self, key, make):
+        """What ``make()`` returns for ``key``, made once while remembered (the memo is emptied past
+        4096 entries): what other modules derive from this tokenizer's words."""
+        found = self.memo.get(key)
+        if found is None:
+            if len(self.memo) > 4096:
+                self.memo.clear()
+            found = self.memo[key] = make()
+        return found
+
     def manifest(self) -> dict:
         """What an index records of its tokenizer (its terms and places are files beside it)."""
         return {"stopwords_sha256": _stopwords_sha256(self.stopwords), "k1": self.k1, "b": self.b,
