@@ -25,12 +25,12 @@ import numpy as np
 from .query import SOFT_TERMS, QuestionInfo
 from .records import RecordSequence, SentenceRecords
 from .types import QuestionKind
-from .zh import (MEASURE_WORDS, Tokenizer, count_han, default_tokenizer, fold_width, is_han, local_place_names,
+from .zh import (CLOSERS, MEASURE_WORDS, Tokenizer, count_han, default_tokenizer, fold_width, is_han, local_place_names,
                  place_key, relative_years, split_sentences, years_in)
 
 __all__ = ["FEATURES", "ScoringParams", "load_scoring", "save_scoring", "Evidence", "Judgement", "fact_match",
            "asks_a_name", "names_something_new", "names_the_subject",
-           "term_coverage", "place_check", "year_check", "relative_year_check", "describe_sentences", "gather_evidence", "rerank",
+           "term_coverage", "place_check", "year_check", "period_only", "relative_year_check", "describe_sentences", "gather_evidence", "rerank",
            "judge", "fit_logistic", "sentence_embed_text", "constraints_hold", "SCORING_FILE", "term_weights", "coverage", "remember_evidence", "evidence_of_hits"]
 
 FEATURES = ("coverage", "similarity", "fact", "place", "year", "prior", "passage", "similarity_gap", "coverage_gap")
@@ -199,8 +199,10 @@ _RATE_A = re.compile(r"每|人均|户均|[/／]|元[/／]")
 _MONEY_NOUNS = "钱|奖金|金额|资金|投资|投入|产值|收入|营收|销售额|工资|薪水|补贴|补助|奖励|费用|经费|价格|票价|成本|租金|罚款"
 _MONEY_Q = re.compile(rf"(?:{_MONEY_NOUNS}|花了|挣|赚|捐)[^，,。？?]{{0,6}}(?:多少|几)(?![个名人家项次位台场套份件条所批类户间座辆岁倍])"
                       rf"|(?:多少|几)(?:万|亿)?(?:{_MONEY_NOUNS}|块钱|毛钱|元)")  # 发了多少奖金, 几块钱
-_MONEY_A = re.compile(r"\d[\d.]*\s*(?:余|多)?(?:万|亿)?(?:余|多)?元|[一二三四五六七八九十百千万两]+(?:万|亿)?元")
-_CHANGE_Q = re.compile(r"涨|增|提高|提升|上升|降|减|少了|多了")
+# a sum: 146万元, 3000多元, 三千多元, 两块钱, 八毛 (a price in speech)
+_MONEY_A = re.compile(r"(?:\d[\d.]*|[一二三四五六七八九十百千万两]+)\s*(?:余|多)?(?:万|亿)?(?:余|多)?(?:元|块钱)"
+                      r"|(?:\d|[一二三四五六七八九两])\s*(?:毛|角钱)")
+_CHANGE_Q = re.compile(r"涨|增|提高|提升|上升|降|减|少了|多了|差")  # a change or a gap may be a share
 _SHARE_A = re.compile(r"[%％]|倍|[一二三四五六七八九]成")
 _NUMBER_A = re.compile(rf"{_NUM}\s*(?:%|％|[{MEASURE_WORDS}])|\d")
 # measure words that count the same things ("多少名" is answered by "73人")
@@ -230,21 +232,66 @@ def asks_a_name(question: str) -> bool:
 def names_something_new(question: str, sentence: str, tokenizer: Tokenizer | None = None) -> bool:
     """Whether a sentence names something the question does not: a person, place, organisation or other
     proper name (jieba's tags, with its HMM for names it does not know) or a quoted or titled name.
+    Where the sentence speaks of the asked kind ("哪个社区" and a sentence with 社区), one of that kind
+    with a name: "前营街社区", or names listed before "等3个社区"; "在3个社区试点" names none.
 
     >>> names_something_new("是哪家爱心企业在运营？", "由社区提供场地、爱心企业运营")
     False
     >>> names_something_new("试点选了哪几家企业？", "选择青海徕硕科技有限公司作为试点")
     True
+    >>> names_something_new("是在哪3个社区试点的？", "大同街道在3个社区试点")
+    False
     """
     q = fold_width(question)
     s = fold_width(sentence)
-    for m in _QUOTED.finditer(s):
-        if next(g for g in m.groups() if g) not in q:
-            return True
     tokenizer = tokenizer or default_tokenizer()
-    words = tokenizer.remembered(("names", s), lambda: tuple(w for w, f in tokenizer.pos_cut(s, HMM=True)
-                                                             if f in _NAME_FLAGS and len(w) >= 2))
-    return any(w not in q and place_key(w) not in q for w in words)  # "海西州" is the question's "海西"
+    toks = tokenizer.remembered(("pos", s), lambda: tuple(tokenizer.pos_cut(s, HMM=True)))
+    kinds = [n for n in _asked_kinds(q, tokenizer) if n in s]
+    if kinds:
+        return any(_names_a(n, toks, q) for n in kinds)
+    if any(next(g for g in m.groups() if g) not in q for m in _QUOTED.finditer(s)):
+        return True
+    return any(len(w) >= 2 and f in _NAME_FLAGS and w not in q and place_key(w) not in q  # "海西州" is "海西"
+               for w, f in toks)
+
+
+_UNNAMED_BEFORE = "vmrpcudfaqx"  # a verb, number, pronoun, particle... before 社区: "各社区", "3个社区", "考核单位"
+
+
+def _asked_kinds(question: str, tokenizer: Tokenizer) -> list[str]:
+    """The nouns after a question's 哪个/哪家: what kind of thing it asks for ("哪家爱心企业" -> 爱心, 企业)."""
+    m = _NAME_Q.search(question)
+    if not m or not m.group(0).startswith("哪"):
+        return []
+    return tokenizer.remembered(("asked_kinds", question[m.end():]), lambda: _noun_run(question[m.end():], tokenizer))
+
+
+def _noun_run(text: str, tokenizer: Tokenizer) -> list[str]:
+    run = []
+    for w, f in tokenizer.pos_cut(text, HMM=True):
+        if not (f[0] in "nj" or f == "vn"):
+            break
+        if f[0] == "n" and len(w) >= 2 and not _SCOPE.match(w):
+            run.append(w)
+    return run
+
+
+def _names_a(noun: str, toks, question: str) -> bool:
+    """Whether one of a sentence's mentions of ``noun`` has a name: a name-like word before it (not a
+    number, pronoun or verb, not the question's own words), a longer word ending in it, or a list
+    ending in 等 or a quoted name before it ("伊泰集团等5家党建联盟单位", "“创赢天下”4家党建联盟单位")."""
+    for i, (w, _f) in enumerate(toks):
+        if not w.endswith(noun):
+            continue
+        if len(w) > len(noun) and w not in question:
+            return True
+        j = i - 1
+        while j >= 0 and (toks[j][1][0] in "mq" or toks[j][0] + toks[j + 1][0] in question):
+            j -= 1  # past the count and the question's own words before the noun: "等5家党建联盟单位"
+        if j >= 0 and (toks[j][0] in ("等", "等等") or toks[j][0] in CLOSERS or
+                       (toks[j][1][0] not in _UNNAMED_BEFORE and toks[j][0] + toks[j + 1][0] not in question)):
+            return True
+    return False
 
 
 _SCOPE = re.compile(r"^(?:[全本我][国省市州县区]|国内|省内|国际|全球|世界)$")  # where a rank counts, not what is ranked
@@ -301,6 +348,8 @@ def fact_match(info: QuestionInfo, sentence: str, tokenizer: Tokenizer | None = 
     units = tuple(units) if units is not None else (info.measure,) if info.measure else ()
     # an approximate amount counts too: 670余套, 3000多名, 1.2万余人
     if units and re.search(rf"{_NUM}\s*[余多]?(?:万|亿)?[余多]?(?:{'|'.join(map(re.escape, units))})", s):
+        return 1.0
+    if "元" in units and _MONEY_A.search(s):  # 八毛, 两块钱
         return 1.0
     s = _DATE_IN_TEXT.sub(" ", s)  # a date does not answer 多少
     if units:  # nor, for 多少人, a number counting something else ("6.2级地震"); a bare one or a share may
@@ -382,6 +431,25 @@ def year_check(asked: tuple[str, ...], sentence_years: tuple[str, ...], article_
         if sentence_years or y not in article_years:
             missing.append(y)
     return tuple(missing)
+
+
+_PERIOD = re.compile(r"(?<!\d)(20\d\d)\s*年?\s*[-—–~～至到]\s*(20\d\d)(?!\d)")
+
+
+def period_only(asked: tuple[str, ...], question: str, sentence: str) -> tuple[str, ...]:
+    """The asked years a sentence names only as the end of a period ("2025年需求多少" and "2023-2025年
+    共需求4156人": a figure for three years is not 2025's), unless the question asks for that period.
+
+    >>> period_only(("2025",), "2025年需求多少人？", "《2023-2025年需求一览表》共征集4156人")
+    ('2025',)
+    >>> period_only(("2025",), "2025年需求多少人？", "2023—2025年共4156人，2025年需求1187人")
+    ()
+    """
+    ends = {y for m in _PERIOD.finditer(fold_width(sentence)) for y in m.groups()}
+    if not ends or _PERIOD.search(fold_width(question)):
+        return ()
+    alone = set(years_in(_PERIOD.sub(" ", fold_width(sentence))))
+    return tuple(y for y in asked if y in ends and y not in alone)
 
 
 def relative_year_check(asked: tuple[str, ...], sentence_relative: tuple[str, ...], sentence_years: tuple[str, ...],
@@ -646,6 +714,8 @@ def gather_evidence(index, info: QuestionInfo, query_vector: np.ndarray, ranked:
             s_years = facts.years if facts else ()
             miss_p = place_check(asked_places, s_places, a_places)
             miss_y = year_check(explicit_years, s_years, a_years)
+            if explicit_years and not miss_y and s_years:
+                miss_y = period_only(explicit_years, info.text, art.text[a0:a1])
             if relative:
                 miss_y += relative_year_check(relative, tuple(relative_years(art.text[a0:a1])), s_years,
                                               table.relative_years(art.article_id))

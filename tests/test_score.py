@@ -10,8 +10,8 @@ import pytest
 from rag.answer import list_items
 from rag.evaluate import gold_spans, load_qa
 from rag.query import analyze_question, in_context, resolve_followup
-from rag.score import (FEATURES, Evidence, ScoringParams, fact_match, fit_logistic, judge, load_scoring, place_check,
-                       relative_year_check, save_scoring, term_coverage, year_check)
+from rag.score import (FEATURES, Evidence, ScoringParams, fact_match, fit_logistic, judge, load_scoring, period_only,
+                       place_check, relative_year_check, save_scoring, term_coverage, year_check)
 from rag.zh import Tokenizer, local_place_names, place_key, relative_years, years_in
 
 
@@ -94,6 +94,17 @@ def test_year_check(asked, sentence, article, missing):
     assert year_check(asked, sentence, article) == missing
 
 
+@pytest.mark.parametrize("question, sentence, missing", [
+    ("2025年需求多少人？", "《青海省2023-2025年需求一览表》共征集需求4156人", ("2025",)),  # a period's total
+    ("2025年需求多少人？", "2023年需求1522人，2025年需求1187人", ()),
+    ("2025年需求多少人？", "目录（2023—2025年）中2025年需求1187人", ()),      # the year alone as well
+    ("2024—2026年行动方案有哪些内容？", "出台《行动方案（2024—2026年）》", ()),  # the period is asked
+    ("2024年投入多少？", "2024年至2026年累计投入3亿元", ("2024",)),
+])
+def test_a_period_does_not_answer_for_one_of_its_years(question, sentence, missing):
+    assert period_only(tuple(years_in(question)), question, sentence) == missing
+
+
 @pytest.mark.parametrize("text, years", [
     ("去年湿地博物馆共接待游客46.3万人次", ["去年"]),
     ("前年张掖湿地博物馆接待了多少游客？", ["前年"]),
@@ -145,6 +156,11 @@ def test_relative_year_check(asked, sentence_rel, sentence_years, article_rel, m
     ("账目多久公开一回？", "账目由议事会商量决定", 0.0),
     ("这个奖的奖金是多少？", "第三批人才工作奖授予该部门", 0.0),    # a sum of money is written in 元
     ("这个奖的奖金是多少？", "奖金5万元", 0.5),                    # a sum, though maybe another one
+    ("编竹篮一个月能挣多少？", "一个月能挣三千多元", 0.5),           # a sum in Chinese numerals is one too
+    ("编竹篮一个月能挣多少？", "工坊带动三百多户", 0.0),
+    ("萝卜收的时候多少钱一斤？", "收购价每斤八毛左右", 1.0),          # a price in speech: 八毛, 两块钱
+    ("萝卜收的时候多少钱一斤？", "亩产能达到1.2万斤", 0.0),
+    ("同类岗位收入能差多少？", "同类人员绩效收入差距达到25%", 0.5),   # a gap may be a share
     ("修这条路花了多少钱？", "硬化道路1.2公里，惠及300户", 0.0),
     ("修这条路花了几万块？", "投入资金三万元", 1.0),                 # the asked unit: 万
     ("工资涨了多少？", "月工资提高15%", 0.5),                      # a change may be a share
@@ -166,6 +182,12 @@ def test_relative_year_check(asked, sentence_rel, sentence_years, article_rel, m
     ("是哪家爱心企业在运营？", "由社区提供场地、爱心企业运营", 0.0),
     ("同安区“共享菜园”是在哪3个社区试点的？", "同安区在3个社区试点“共享菜园”", 0.0),  # names the question has
     ("试点选了哪几家企业？", "选择青海徕硕科技有限公司作为试点", 1.0),
+    # ...of the asked kind, where the sentence speaks of that kind: 哪个社区 wants a 社区 with a name
+    ("是在哪3个社区试点的？", "大同街道在3个社区试点", 0.0),           # 大同街道 is new, but no 社区 is named
+    ("是在哪3个社区试点的？", "在前营街社区、南门社区和东方社区试点", 1.0),
+    ("得分最高的是哪个单位？", "被考核单位民主测评、“两代表一委员”对各单位进行了评价", 0.0),
+    ("给哪几家党建联盟单位授了牌？", "为“智造先锋”“创赢天下”4家党建联盟单位授牌", 1.0),  # names listed before it
+    ("给哪几家党建联盟单位授了牌？", "为伊泰集团等5家党建联盟单位授牌", 1.0),
     ("海西考核的路子是跟哪个省学的？", "海西州认真落实会议要求", 0.0),  # 海西州 is the question's 海西
     ("海西考核的路子是跟哪个省学的？", "学习借鉴浙江经验", 1.0),
     ("海西的土特产统一打的是什么牌子？", "打造“神奇柴达木”区域公用品牌", 1.0),
