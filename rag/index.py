@@ -33,12 +33,14 @@ __all__ = ["FORMAT_VERSION", "Index", "write_index", "load_index", "seed_hashes"
 # 2: the manifest lists every file with its size and sha256; 3: articles carry their page's paper, date,
 # page, region and city (the manifest's "tokenizer" entry, with terms/places/stopwords.txt, came later
 # in format 3: an index without it is refused, see _load_index)
-FORMAT_VERSION = 5  # 4: sentence vectors embed the sentence under its article's title; 5: sentence places by the gazetteer
+FORMAT_VERSION = 6  # 4: sentence vectors embed the sentence under its article's title; 5: sentence places by the
+# gazetteer; 6: the word table (words.txt, words.npy: the vector of every word of the pages)
 # encoder variants whose vectors this rag reproduces: the ONNX fp32 graph gives the bundled model the same
 # vectors as sentence-transformers (tests/test_embed.py), so either may query an index the other built;
 # an int8 index only by the int8 graph (rag.embed.query_runtime)
 _RUNTIMES = RUNTIMES
 MANIFEST = "manifest.json"
+WORDS_IN_MEMORY = 100_000  # a word table up to this many rows is held in memory (77 MB), a larger one read as needed
 _UNCHECKED = (MANIFEST, "README.md")
 
 
@@ -58,6 +60,10 @@ class Index:
     # passage vector, row i = record i: the answer scoring's semantic and place/year evidence (columns too)
     sentences: SentenceRecords | None = None
     sentence_vectors: VectorRows | np.ndarray | None = None
+    # the pages' words (their BM25 tokens of two or more characters with a Han one) and each one's
+    # query vector, row i = word i: how near a question's word comes to a sentence's (rag.score)
+    words: tuple[str, ...] = ()
+    word_vectors: VectorRows | np.ndarray | None = None
     # what later stages derive from this index once (rag.score's sentence table, the evidence a search
     # scored for its answer); it goes when the index goes
     derived: dict = field(default_factory=dict, repr=False)
@@ -70,6 +76,11 @@ class Index:
             self.chunks = ChunkTable(self.articles, self.chunks)
         if not isinstance(self.sentences, SentenceRecords):
             self.sentences = SentenceRecords(self.articles, self.sentences or ())
+
+    @cached_property
+    def word_rows(self) -> dict[str, int]:
+        """Each word of the word table by its row."""
+        return {w: i for i, w in enumerate(self.words)}
 
     @cached_property
     def corpus_text(self) -> "CorpusText":
@@ -239,7 +250,9 @@ def write_index(out_dir: str | Path, *, articles: list[Article], chunks: list[Ch
                 settings: Settings, model_name: str, seeds: dict[str, str], terms: list[str],
                 sentences: list[dict] | None = None, sentence_vectors: np.ndarray | None = None,
                 page_meta_sha256: str | None = None, model_runtime: str | None = None,
-                store: StoreSpec | None = None, tokenizer: Tokenizer | None = None) -> Path:
+                store: StoreSpec | None = None, tokenizer: Tokenizer | None = None,
+                tokens: list[list[str]] | None = None, words: list[str] | None = None,
+                word_vectors: np.ndarray | None = None) -> Path:
     """Write a complete index folder atomically (temporary sibling, then rename). ``model_runtime``
     (rag.embed.encoder_runtime) records which encoder variant made the vectors.
 
@@ -247,7 +260,11 @@ def write_index(out_dir: str | Path, *, articles: list[Article], chunks: list[Ch
     its terms, places and stopwords are written beside the store's files and its k1/b into the manifest.
 
     ``store`` says where the chunk vectors and BM25 text go (default: the store the index at
-    ``out_dir`` already uses, else faiss); the manifest records it.
+    ``out_dir`` already uses, else faiss); the manifest records it. ``tokens`` are the chunks' BM25
+    tokens if the caller has them (``tokenizer.tokenize`` of each chunk's embed text).
+
+    ``words`` and ``word_vectors`` are the word table (``rag.pipeline.word_table``); without them the
+    index has none, and a question's words count only where a sentence has them verbatim.
     """
     out_dir = Path(out_dir)
     if len(chunks) != len(vectors):
@@ -261,7 +278,8 @@ def write_index(out_dir: str | Path, *, articles: list[Article], chunks: list[Ch
         _write_jsonl(tmp / "chunks.jsonl", chunks)
         by_id = {a.article_id: a for a in articles}
         store_entry = build_store(tmp, out_dir, store, chunks=chunks,
-                                  tokens=[tokenizer.tokenize(c.embed_text) for c in chunks], vectors=vectors,
+                                  tokens=tokens if tokens is not None else
+                                  [tokenizer.tokenize(c.embed_text) for c in chunks], vectors=vectors,
                                   articles=by_id, exact_search_max=settings.retrieval.exact_search_max,
                                   k1=tokenizer.k1, b=tokenizer.b)
         for name, items in (("terms.txt", tokenizer.terms), ("places.txt", tokenizer.places),
@@ -276,6 +294,13 @@ def write_index(out_dir: str | Path, *, articles: list[Article], chunks: list[Ch
             for rec in sentences:
                 out.write(json.dumps(rec, ensure_ascii=False) + "\n")
         np.save(tmp / "sentences.npy", np.ascontiguousarray(sentence_vectors, dtype=np.float16), allow_pickle=False)
+        words = list(words or [])
+        if word_vectors is None:
+            word_vectors = np.zeros((0, vectors.shape[1] if vectors.ndim == 2 else 0), dtype=np.float16)
+        if len(words) != len(word_vectors) or any("\n" in w for w in words):
+            raise ValueError(f"{len(words)} words but {len(word_vectors)} word vectors, or a word with a line break")
+        (tmp / "words.txt").write_text("".join(w + "\n" for w in words), encoding="utf-8")
+        np.save(tmp / "words.npy", np.ascontiguousarray(word_vectors, dtype=np.float16), allow_pickle=False)
         manifest = {
             "format_version": FORMAT_VERSION,
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -290,6 +315,7 @@ def write_index(out_dir: str | Path, *, articles: list[Article], chunks: list[Ch
             "seeds": seeds,
             "page_meta": {"file": SIDECAR, "sha256": page_meta_sha256},
             "sentences": {"count": len(sentences), "files": ["sentences.jsonl", "sentences.npy"]},
+            "words": {"count": len(words), "files": ["words.txt", "words.npy"]},
             "tokenizer": tokenizer.manifest(),
         }
         # last: every file written above, whatever it is, is listed and checked on load
@@ -415,6 +441,10 @@ def _load_index(path: Path, *, model: str | None, verify: bool, token: str | Non
         # float16 as stored, read from the file: a question reads the rows of its candidates only (two
         # million sentences would be 3 GB as float32 in memory; a memory map kept what it had read)
         sentence_vectors = VectorRows(path / "sentences.npy")
+        words = tuple((path / "words.txt").read_text(encoding="utf-8").splitlines())
+        word_vectors = VectorRows(path / "words.npy")
+        # small tables are read whole: a question compares its words with a few hundred of them
+        word_vectors = np.asarray(word_vectors) if len(word_vectors) <= WORDS_IN_MEMORY else word_vectors
     except (OSError, RuntimeError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise IndexFormat(f"index at {path} is damaged ({first}); rebuild it with `rag index`") from None
@@ -426,7 +456,12 @@ def _load_index(path: Path, *, model: str | None, verify: bool, token: str | Non
         store.close()
         raise IndexFormat(f"index at {path} has {len(sentences)} sentences but {len(sentence_vectors)} sentence "
                           f"vectors; rebuild it with `rag index`")
-    return Index(path, manifest, settings, by_id, chunks, store, sentences, sentence_vectors, tokenizer=tokenizer)
+    if word_vectors.ndim != 2 or len(words) != len(word_vectors) or (len(words) and word_vectors.shape[1] != dim):
+        store.close()
+        raise IndexFormat(f"index at {path} has {len(words)} words but {len(word_vectors)} word vectors; "
+                          f"rebuild it with `rag index`")
+    return Index(path, manifest, settings, by_id, chunks, store, sentences, sentence_vectors, words=words,
+                 word_vectors=word_vectors, tokenizer=tokenizer)
 
 
 def _read_tokenizer(path: Path, spec: dict) -> Tokenizer:

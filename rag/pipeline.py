@@ -32,7 +32,7 @@ from .segment import segment_page
 from .storage import writer_lock
 from .store import StoreSpec, check_store
 from .types import Answer, AnswerMode, Article, Hit, Retriever, to_dict
-from .zh import Tokenizer, extract_terms, local_place_names
+from .zh import Tokenizer, extract_terms, is_han, local_place_names
 
 __all__ = ["describe_collection", "load_articles", "build_index", "add_pages", "remove_pages", "index_status", "verify_index", "Engine", "get_engine", "warm_up", "explain_fallback"]
 
@@ -148,6 +148,28 @@ def _sentences(articles: list[Article], encoder, old=None, *, chunks=(), staging
     return facts, sentence_vectors, chunk_vectors, reused
 
 
+def word_table(tokens: list[list[str]], encoder, old=None):
+    """The index's word table: every BM25 token of two or more characters with a Han one, sorted, and
+    its query vector (float16); an old index's vectors are reused for the words it had.
+
+    Returns:
+        (words, vectors)
+    """
+    import numpy as np
+
+    words = sorted({t for toks in tokens for t in toks if len(t) >= 2 and any(is_han(c) for c in t)})
+    vectors = np.zeros((len(words), encoder.dimension), dtype=np.float16)
+    known = old.word_rows if old is not None and old.word_vectors is not None else {}
+    have = [(i, known[w]) for i, w in enumerate(words) if w in known]
+    if have:
+        vectors[[i for i, _ in have]] = old.word_vectors[[r for _, r in have]]
+    new = [i for i, w in enumerate(words) if w not in known]
+    if new:
+        log.info("embedding %d words", len(new))
+        vectors[new] = encoder.encode_queries([words[i] for i in new], batch_size=128)
+    return words, vectors
+
+
 def _check_page_limits(articles: list[Article], chunks) -> None:
     """Refuse a page that would make more than MAX_PAGE_CHUNKS chunks (before embedding them)."""
     source = {a.article_id: a.source for a in articles}
@@ -213,10 +235,12 @@ def _build_index(seeds: str | Path, index_dir: str | Path, *, settings: Settings
     tokenizer = _tokenizer(articles)
     sentences, sentence_vectors, vectors, reused = _sentences(articles, encoder, chunks=chunks, staging=staging,
                                                               tokenizer=tokenizer)
+    tokens = [tokenizer.tokenize(c.embed_text) for c in chunks]
+    words, word_vectors = word_table(tokens, encoder)
     write_index(index_dir, articles=articles, chunks=chunks, vectors=vectors, settings=settings, tokenizer=tokenizer,
                 model_name=settings.model.name, seeds=seed_hashes(pages), terms=tokenizer.terms,
                 sentences=sentences, sentence_vectors=sentence_vectors, page_meta_sha256=sidecar_hash(seeds),
-                model_runtime=encoder.runtime, store=store)
+                model_runtime=encoder.runtime, store=store, tokens=tokens, words=words, word_vectors=word_vectors)
     staging.clear()
     _engines.clear()
     return {"pages": len(pages), "articles": len(articles), "chunks": len(chunks), "reused_pages": reused,
@@ -315,10 +339,14 @@ def _remove_pages(names: list[str], index_dir: Path, seeds: Path) -> dict:
         sentences, sentence_vectors, _, _ = _sentences(articles, index_encoder(index), old=index,
                                                        tokenizer=tokenizer)
         hashes = {k: v for k, v in index.manifest.get("seeds", {}).items() if k not in names}
-        write_index(index_dir, articles=articles, chunks=[index.chunks[i] for i in rows],
+        chunks = [index.chunks[i] for i in rows]
+        tokens = [tokenizer.tokenize(c.embed_text) for c in chunks]
+        words, word_vectors = word_table(tokens, index_encoder(index), old=index)
+        write_index(index_dir, articles=articles, chunks=chunks,
                     vectors=index.vectors()[rows], settings=index.settings, model_name=index.model, seeds=hashes,
                     terms=tokenizer.terms, tokenizer=tokenizer, sentences=sentences, sentence_vectors=sentence_vectors,
-                    page_meta_sha256=sidecar_hash(seeds), model_runtime=index.runtime)
+                    page_meta_sha256=sidecar_hash(seeds), model_runtime=index.runtime, tokens=tokens, words=words,
+                    word_vectors=word_vectors)
     except BaseException:
         for aside, target in moved:
             os.replace(aside, target)
@@ -370,10 +398,12 @@ def _add_pages(files: list[str | Path], index_dir: str | Path, *, seeds: str | P
     hashes = dict(index.manifest.get("seeds", {}))
     hashes.update(seed_hashes([seeds_dir / p.name for p in paths]))
     chunks = [index.chunks[i] for i in rows] + new_chunks
+    tokens = [tokenizer.tokenize(c.embed_text) for c in chunks]
+    words, word_vectors = word_table(tokens, encoder, old=index)
     write_index(index_dir, articles=articles, chunks=chunks, vectors=np.vstack([old_vectors, new_vectors]),
                 settings=settings, model_name=index.model, seeds=hashes, terms=tokenizer.terms, tokenizer=tokenizer,
                 sentences=sentences, sentence_vectors=sentence_vectors, page_meta_sha256=sidecar_hash(seeds_dir),
-                model_runtime=encoder.runtime)
+                model_runtime=encoder.runtime, tokens=tokens, words=words, word_vectors=word_vectors)
     staging.clear()
     _engines.clear()
     return {"added_pages": sorted(names), "new_chunks": len(new_chunks), "reused_chunks": len(rows),
@@ -422,14 +452,22 @@ class Engine:
                               f"model {self.settings.model.name!r} makes {enc.dimension}; rebuild with `rag index`")
         return enc
 
-    def query_vectors(self, queries: list[str]) -> "np.ndarray":
-        """The encoded queries (a few hundred recent ones are kept: an evaluation or a user asks again)."""
+    def query_vectors(self, queries: list[str], terms: tuple[str, ...] = ()) -> "np.ndarray":
+        """The encoded queries (a few hundred recent ones are kept: an evaluation or a user asks again).
+        ``terms`` (a question's words) are encoded in the same run where the index's word table lacks
+        them, and kept for the answer scoring (``rag.score.term_vectors``)."""
         import numpy as np
+
+        from .score import remember_term_vectors, terms_to_encode
 
         cache = self.__dict__.setdefault("_query_cache", {})
         todo = list(dict.fromkeys(q for q in queries if q not in cache))
+        words = [t for t in terms_to_encode(self.index, terms) if t not in todo] if todo else []
         if todo:
-            for q, v in zip(todo, self.encoder.encode_queries(todo)):
+            vectors = self.encoder.encode_queries(todo + words)
+            if words:
+                remember_term_vectors(self.index, words, vectors[len(todo):])
+            for q, v in zip(todo, vectors):
                 while len(cache) >= 1024:
                     cache.pop(next(iter(cache)))
                 cache[q] = v
@@ -467,7 +505,7 @@ class Engine:
         allowed = self.allowed_rows(question.filters)
         vector = query_vector
         if vector is None and (mode is not Retriever.BM25 or self.settings.retrieval.rerank):
-            vector = self.query_vectors([question.resolved])[0]
+            vector = self.query_vectors([question.resolved], terms=question.info.terms)[0]
         return _search(self.index, question, k=self.settings.retrieval.top_k if k is None else k, settings=self.settings.retrieval,
                        query_vector=vector, retriever=mode, scoring=scoring, allowed=allowed,
                        filters=question.filters)
@@ -509,7 +547,7 @@ class Engine:
 
         def extractive(q: Question):
             t1 = time.perf_counter()
-            vector = self.query_vectors([q.resolved])[0]
+            vector = self.query_vectors([q.resolved], terms=q.info.terms)[0]
             hits = self.search(q, k=k, retriever=retriever, scoring=scoring, query_vector=vector)
             t2 = time.perf_counter()
             answer = compose_answer(self.index, q, hits, self.settings.answer, query_vector=vector, scoring=scoring)

@@ -239,6 +239,15 @@ def test_adding_a_page_reuses_old_vectors(index_dir, tmp_path, encoder):
     assert index_status(seeds, target) == "fresh"
     hits = get_engine(target).search("12路公交线路延伸到哪里？", k=3)
     assert hits[0].source == "bom_page.txt"
+    # the word table: the old words keep their vectors, the new page's words join with their own
+    old_words = dict(zip(old.words, np.asarray(old.word_vectors)))
+    new_vectors = np.asarray(new.word_vectors)
+    assert set(old.words) <= set(new.words) and len(new.words) > len(old.words)
+    assert all(np.array_equal(new_vectors[i], old_words[w]) for i, w in enumerate(new.words) if w in old_words)
+    added = [w for w in new.words if w not in old_words][:20]
+    want = encoder.encode_queries(added)
+    got = new_vectors[[new.word_rows[w] for w in added]].astype(np.float32)
+    assert np.all(np.sum(want * got, axis=1) > 0.999)
 
 
 def test_large_indexes_switch_to_hnsw_and_record_it(tmp_path, encoder):

@@ -167,3 +167,34 @@ def test_a_record_with_a_wrong_field_is_refused_as_corrupt(index_dir, tmp_path, 
     (folder / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False), encoding="utf-8")
     with pytest.raises(IndexFormat, match="rebuild"):
         load_index(folder)
+
+
+def test_the_word_table_holds_every_word_of_the_pages_with_its_query_vector(index, encoder):
+    """The words a question's terms are compared with: the pages' BM25 tokens of two or more characters
+    with a Han one, sorted, each with the encoder's query vector (stored as float16)."""
+    from rag.zh import is_han
+
+    tokens = {t for c in index.chunks for t in index.tokenizer.tokenize(c.embed_text)}
+    want = sorted(t for t in tokens if len(t) >= 2 and any(is_han(ch) for ch in t))
+    assert list(index.words) == want and len(want) > 1000
+    sample = want[::97]
+    got = np.asarray(index.word_vectors)[[index.word_rows[w] for w in sample]].astype(np.float32)
+    assert np.all(np.sum(encoder.encode_queries(sample) * got, axis=1) > 0.999)
+
+
+@pytest.mark.parametrize("damage", ["a word less", "vectors cut"])
+def test_a_word_table_that_does_not_match_is_refused_as_corrupt(index_dir, tmp_path, damage):
+    from rag.errors import IndexFormat
+
+    folder = tmp_path / "index"
+    shutil.copytree(index_dir, folder)
+    if damage == "a word less":
+        words = (folder / "words.txt").read_text(encoding="utf-8").splitlines()
+        (folder / "words.txt").write_text("\n".join(words[1:]) + "\n", encoding="utf-8")
+    else:
+        np.save(folder / "words.npy", np.load(folder / "words.npy")[:-3])
+    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    del manifest["files"]["words.txt" if damage == "a word less" else "words.npy"]  # past the checksums
+    (folder / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False), encoding="utf-8")
+    with pytest.raises(IndexFormat, match="words but .* word vectors; rebuild"):
+        load_index(folder)

@@ -10,8 +10,8 @@ import pytest
 from rag.answer import list_items
 from rag.evaluate import gold_spans, load_qa
 from rag.query import analyze_question, in_context, resolve_followup
-from rag.score import (FEATURES, Evidence, ScoringParams, fact_match, fit_logistic, judge, load_scoring, period_only,
-                       place_check, relative_year_check, save_scoring, term_coverage, year_check)
+from rag.score import (FEATURES, Evidence, ScoringParams, fact_match, fit_logistic, judge, load_scoring, near_coverage,
+                       period_only, place_check, relative_year_check, save_scoring, term_coverage, year_check)
 from rag.zh import Tokenizer, local_place_names, place_key, relative_years, years_in
 
 
@@ -212,6 +212,34 @@ def test_term_coverage(question, text, context, expected):
     idf = {"西宁": 2.0, "锂电池": 3.0, "产能": 2.0}
     info = analyze_question(question, TOK)
     assert term_coverage(info, text, idf, context=context) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("text, nearest, expected", [
+    ("社区民警", (0.96, 1.0), 0.75),          # 警察 / 民警: half way from the threshold to 1
+    ("社区民警", (0.92, 1.0), 0.5),           # at the threshold: nothing
+    ("社区民警", (0.80, 0.0), 0.5),           # 社区 is in the text, whatever its nearest word
+    ("警察和社区", (0.0, 0.0), 1.0),          # verbatim
+    ("警察和社区", (1.0, 1.0), 1.0),
+])
+def test_near_coverage(text, nearest, expected):
+    weights = (("警察", 1.0), ("社区", 1.0))
+    assert near_coverage(weights, (), text, np.array(nearest), 0.92) == pytest.approx(expected)
+
+
+def test_a_question_word_is_nearest_to_itself_in_a_real_sentence(engine, encoder):
+    """The word table and the question's term vectors line up: a term the sentence holds is its own
+    nearest word (cosine 1), an unrelated one is not near; a word the pages never use is encoded."""
+    from rag.score import _Nearness, term_vectors
+
+    index = engine.index
+    assert "开发区" in index.word_rows and "螺蛳粉" not in index.word_rows
+    text = "格尔木昆仑经济技术开发区在全国位列128位"
+    near_of = _Nearness(index, ["开发区", "螺蛳粉"]).chunk("a-test-article", 0, text)
+    near = near_of(0, len(text))
+    assert near[0] > 0.99 and near[1] < 0.92
+    assert np.all(near_of(0, 3) < 0.99)  # only the words inside the span count: 格尔木 is not 开发区
+    want = encoder.encode_queries(["螺蛳粉", "开发区"])
+    assert np.all(np.sum(term_vectors(index, ["螺蛳粉", "开发区"]) * want, axis=1) > 0.999)
 
 
 def test_list_items_take_the_enumeration_near_the_evidence():

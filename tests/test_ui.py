@@ -133,18 +133,27 @@ def _in_view(pg, locator) -> bool:
 
 
 def _open_marker(pg, n: int, nth_link: int = 0):
-    """Click the ``nth_link``-th [n] link in the chat; wait for the highlighted excerpt in the article view."""
+    """Click the ``nth_link``-th [n] link in the chat, until the article view changes (at most 3 clicks)."""
     link = pg.locator(f"#chat a[href^='#cite-']:text-is('[{n}]')").nth(nth_link)
-    link.scroll_into_view_if_needed()
-    # the chat may still be scrolling to its latest answer (on a phone it moves the link under the
-    # pointer: a click then lands beside it); click once the link has kept its place for 5 checks (at most ~5 s)
-    link.evaluate("""a => new Promise(done => {
-        let last = null, still = 0, tries = 0;
-        const step = () => { const top = a.getBoundingClientRect().top;
-            still = top === last ? still + 1 : 0; last = top;
-            if (still >= 5 || ++tries > 300) done(); else setTimeout(step, 16); };
-        step(); })""")
-    link.click()
+    before = pg.locator("#article-view").inner_html()
+    for _ in range(3):
+        link.scroll_into_view_if_needed()
+        # the chat may still be scrolling to its latest answer (on a phone it moves the link under the
+        # pointer: a click then lands beside it); click once the link has kept its place for 5 checks (at
+        # most ~5 s), and again if the article view did not change (a loaded machine scrolls late)
+        link.evaluate("""a => new Promise(done => {
+            let last = null, still = 0, tries = 0;
+            const step = () => { const top = a.getBoundingClientRect().top;
+                still = top === last ? still + 1 : 0; last = top;
+                if (still >= 5 || ++tries > 300) done(); else setTimeout(step, 16); };
+            step(); })""")
+        link.click()
+        try:
+            pg.wait_for_function("(b) => document.querySelector('#article-view').innerHTML !== b", arg=before,
+                                 timeout=5_000)
+            return
+        except Exception:
+            continue  # the click landed beside the link: _mark reports what the view shows if it never opens
 
 
 def _mark(pg, text: str):
