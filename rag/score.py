@@ -30,7 +30,7 @@ from .zh import (CLOSERS, MEASURE_WORDS, Tokenizer, count_han, default_tokenizer
 
 __all__ = ["FEATURES", "ScoringParams", "load_scoring", "save_scoring", "Evidence", "Judgement", "fact_match",
            "asks_a_name", "names_something_new", "names_the_subject",
-           "term_coverage", "near_coverage", "terms_to_encode", "remember_term_vectors", "term_vectors", "place_check", "year_check", "period_only", "relative_year_check", "describe_sentences", "gather_evidence", "rerank",
+           "term_coverage", "near_coverage", "terms_to_encode", "remember_term_vectors", "term_vectors", "place_check", "year_check", "period_only", "edition_check", "relative_year_check", "describe_sentences", "gather_evidence", "rerank",
            "judge", "fit_logistic", "sentence_embed_text", "constraints_hold", "SCORING_FILE", "term_weights", "coverage", "remember_evidence", "evidence_of_hits"]
 
 FEATURES = ("coverage", "similarity", "fact", "place", "year", "prior", "passage", "similarity_gap", "coverage_gap",
@@ -555,6 +555,33 @@ def period_only(asked: tuple[str, ...], question: str, sentence: str) -> tuple[s
     return tuple(y for y in asked if y in ends and y not in alone)
 
 
+_EDITION = re.compile(r"第\s*([0-9一二三四五六七八九十百]+)\s*([届次批期轮])")
+
+
+def edition_check(question: str, sentence: str, article: str) -> tuple[str, ...]:
+    """The editions a question asks about ("第40届风筝会", "第二批口袋公园") that the evidence does not
+    speak for: a sentence naming another one of the same kind ("第41届") does not, nor one naming none
+    in an article that never names the asked one. Checked as the asked year is.
+
+    >>> edition_check("第40届风筝会吸引了多少游客？", "第41届风筝会开幕，吸引游客12万人次", "")
+    ('第40届',)
+    >>> edition_check("第40届风筝会吸引了多少游客？", "开幕当天吸引游客12万人次", "第40届风筝会开幕")
+    ()
+    """
+    asked = [(m.group(1), m.group(2)) for m in _EDITION.finditer(fold_width(question))]
+    if not asked:
+        return ()
+    named = {(m.group(1), m.group(2)) for m in _EDITION.finditer(fold_width(sentence))}
+    whole = {(m.group(1), m.group(2)) for m in _EDITION.finditer(fold_width(article))}
+    missing = []
+    for num, kind in asked:
+        if (num, kind) in named:
+            continue
+        if any(k == kind for _, k in named) or (num, kind) not in whole:
+            missing.append(f"第{num}{kind}")
+    return tuple(missing)
+
+
 def relative_year_check(asked: tuple[str, ...], sentence_relative: tuple[str, ...], sentence_years: tuple[str, ...],
                         article_relative: tuple[str, ...]) -> tuple[str, ...]:
     """The asked relative years ("去年", "前年") the evidence does not speak for: a sentence saying
@@ -797,6 +824,7 @@ def gather_evidence(index, info: QuestionInfo, query_vector: np.ndarray, ranked:
     windows = info.kind.asks_a_figure
     explicit_years = tuple(y for y in info.years if y.isdigit())
     relative = tuple(y for y in info.years if not y.isdigit())
+    editions = bool(_EDITION.search(fold_width(info.text)))
     seen: set[tuple[str, int, int]] = set()
     out: list[Evidence] = []
     passages = table.chunk_vectors(index, [row for row, _ in ranked]) @ qv if ranked else ()
@@ -822,6 +850,8 @@ def gather_evidence(index, info: QuestionInfo, query_vector: np.ndarray, ranked:
             miss_y = year_check(explicit_years, s_years, a_years)
             if explicit_years and not miss_y and s_years:
                 miss_y = period_only(explicit_years, info.text, art.text[a0:a1])
+            if editions:
+                miss_y += edition_check(info.text, art.text[a0:a1], art.title + "\n" + art.text)
             if relative:
                 miss_y += relative_year_check(relative, tuple(relative_years(art.text[a0:a1])), s_years,
                                               table.relative_years(art.article_id))

@@ -10,8 +10,9 @@ import pytest
 from rag.answer import list_items
 from rag.evaluate import gold_spans, load_qa
 from rag.query import analyze_question, in_context, resolve_followup
-from rag.score import (FEATURES, Evidence, ScoringParams, fact_match, fit_logistic, judge, load_scoring, near_coverage,
-                       period_only, place_check, relative_year_check, save_scoring, term_coverage, year_check)
+from rag.score import (FEATURES, Evidence, ScoringParams, edition_check, fact_match, fit_logistic, judge, load_scoring,
+                       near_coverage, period_only, place_check, relative_year_check, save_scoring, term_coverage,
+                       year_check)
 from rag.zh import Tokenizer, local_place_names, place_key, relative_years, years_in
 
 
@@ -103,6 +104,18 @@ def test_year_check(asked, sentence, article, missing):
 ])
 def test_a_period_does_not_answer_for_one_of_its_years(question, sentence, missing):
     assert period_only(tuple(years_in(question)), question, sentence) == missing
+
+
+@pytest.mark.parametrize("question, sentence, article, missing", [
+    ("第40届风筝会吸引了多少游客？", "第41届风筝会开幕，吸引游客12万人次", "第41届风筝会", ("第40届",)),  # another one
+    ("第40届风筝会吸引了多少游客？", "开幕当天吸引游客12万人次", "第41届风筝会开幕", ("第40届",)),   # the article's
+    ("第40届风筝会吸引了多少游客？", "开幕当天吸引游客12万人次", "第40届风筝会开幕", ()),
+    ("柳州第二批口袋公园新增了多少绿地？", "第二批口袋公园新增绿地3万平方米", "", ()),
+    ("2018年第四次经济普查选聘了多少人？", "第五次全国经济普查选聘6845名普查员", "", ("第四次",)),
+    ("风筝会吸引了多少游客？", "第41届风筝会吸引游客12万人次", "", ()),           # no edition asked
+])
+def test_an_edition_is_checked_as_a_year_is(question, sentence, article, missing):
+    assert edition_check(question, sentence, article) == missing
 
 
 @pytest.mark.parametrize("text, years", [
