@@ -30,7 +30,7 @@ from .zh import (CLOSERS, MEASURE_WORDS, Tokenizer, count_han, default_tokenizer
 
 __all__ = ["FEATURES", "ScoringParams", "load_scoring", "save_scoring", "Evidence", "Judgement", "fact_match",
            "asks_a_name", "names_something_new", "names_the_subject",
-           "term_coverage", "near_coverage", "terms_to_encode", "remember_term_vectors", "term_vectors", "place_check", "year_check", "period_only", "edition_check", "relative_year_check", "describe_sentences", "gather_evidence", "rerank",
+           "term_coverage", "near_coverage", "terms_to_encode", "remember_term_vectors", "term_vectors", "place_check", "listed_together", "year_check", "period_only", "edition_check", "relative_year_check", "describe_sentences", "gather_evidence", "rerank",
            "judge", "fit_logistic", "sentence_embed_text", "constraints_hold", "SCORING_FILE", "term_weights", "coverage", "remember_evidence", "evidence_of_hits"]
 
 FEATURES = ("coverage", "similarity", "fact", "place", "year", "prior", "passage", "similarity_gap", "coverage_gap",
@@ -525,6 +525,34 @@ def place_check(asked: tuple[str, ...], sentence_places: tuple[str, ...], articl
     return tuple(missing)
 
 
+_SUFFIX = r"(?:自治州|自治县|特区|[省市州县区旗盟])?"
+
+
+def listed_together(asked: tuple[str, ...], sentence_places: tuple[str, ...], sentence: str) -> tuple[str, ...]:
+    """The asked places a sentence names only in a list with other places: a count or a rank given
+    there is the list's, not the asked place's alone ("在西宁市、海东市和海南州等地区，对2000多家样本
+    单位试点" does not say how many were in 海东); "西宁市需求234人、黄南州需求195人" gives each its own.
+
+    >>> listed_together(("海东",), ("西宁", "海东", "海南"), "在西宁市、海东市和海南州等地区，对2000多家单位试点")
+    ('海东',)
+    >>> listed_together(("黄南",), ("西宁", "黄南"), "西宁市需求234人，黄南州需求195人")
+    ()
+    """
+    s = fold_width(sentence)
+    out = []
+    for q in asked:
+        others = [p for p in sentence_places if not _related(q, p)]
+        spots = [m.start() for m in re.finditer(re.escape(q), s)]
+        if not others or not spots:
+            continue
+        near = "|".join(map(re.escape, others))
+        listed = re.compile(rf"^{_SUFFIX}[、和及与](?:{near})")
+        listed_before = re.compile(rf"(?:{near}){_SUFFIX}[、和及与]$")
+        if all(listed.match(s[i + len(q):]) or listed_before.search(s[:i]) for i in spots):
+            out.append(q)
+    return tuple(out)
+
+
 def year_check(asked: tuple[str, ...], sentence_years: tuple[str, ...], article_years: tuple[str, ...]) -> tuple[str, ...]:
     """The asked years the evidence does not speak for (a sentence with its own year speaks for that one)."""
     missing = []
@@ -825,6 +853,7 @@ def gather_evidence(index, info: QuestionInfo, query_vector: np.ndarray, ranked:
     explicit_years = tuple(y for y in info.years if y.isdigit())
     relative = tuple(y for y in info.years if not y.isdigit())
     editions = bool(_EDITION.search(fold_width(info.text)))
+    shared_figure = info.kind in (QuestionKind.COUNT, QuestionKind.RANK) and bool(asked_places)
     seen: set[tuple[str, int, int]] = set()
     out: list[Evidence] = []
     passages = table.chunk_vectors(index, [row for row, _ in ranked]) @ qv if ranked else ()
@@ -847,6 +876,8 @@ def gather_evidence(index, info: QuestionInfo, query_vector: np.ndarray, ranked:
             s_places = facts.places if facts else ()
             s_years = facts.years if facts else ()
             miss_p = place_check(asked_places, s_places, a_places)
+            if shared_figure and not miss_p and len(s_places) >= 2:
+                miss_p = listed_together(asked_places, s_places, art.text[a0:a1])
             miss_y = year_check(explicit_years, s_years, a_years)
             if explicit_years and not miss_y and s_years:
                 miss_y = period_only(explicit_years, info.text, art.text[a0:a1])

@@ -11,7 +11,7 @@ from rag.answer import list_items
 from rag.evaluate import gold_spans, load_qa
 from rag.query import analyze_question, in_context, resolve_followup
 from rag.score import (FEATURES, Evidence, ScoringParams, edition_check, fact_match, fit_logistic, judge, load_scoring,
-                       near_coverage, period_only, place_check, relative_year_check, save_scoring, term_coverage,
+                       listed_together, near_coverage, period_only, place_check, relative_year_check, save_scoring, term_coverage,
                        year_check)
 from rag.zh import Tokenizer, local_place_names, place_key, relative_years, years_in
 
@@ -83,6 +83,17 @@ def test_years_in(text, years):
 ])
 def test_place_check(asked, sentence, article, missing):
     assert place_check(asked, sentence, article) == missing
+
+
+@pytest.mark.parametrize("asked, places, sentence, missing", [
+    (("海东",), ("西宁", "海东", "海南"), "在西宁市、海东市和海南州等部分地区，对2000多家样本单位试点", ("海东",)),
+    (("海南",), ("西宁", "海东", "海南"), "在西宁市、海东市和海南州等部分地区，对2000多家样本单位试点", ("海南",)),
+    (("黄南",), ("西宁", "黄南"), "西宁市需求234人，黄南州需求195人", ()),        # each with its own figure
+    (("海东",), ("海东", "西宁"), "海东市新建学校12所，西宁市新建8所", ()),
+    (("海东",), ("海东",), "海东市和全省各地共建成12所", ()),                     # no other place listed
+])
+def test_a_place_listed_with_others_shares_their_figure(asked, places, sentence, missing):
+    assert listed_together(asked, places, sentence) == missing
 
 
 @pytest.mark.parametrize("asked, sentence, article, missing", [
