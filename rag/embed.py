@@ -79,8 +79,8 @@ def int8_suits_cpu() -> bool:
 
 def encoder_runtime(settings: ModelSettings) -> str:
     """Which runtime encodes a new index for these settings. The bundled model: "onnx-fp32" (the
-    reference's vectors), or what ``RAG_ENCODER`` names — int8 (~1.9x faster, its own vectors; not the
-    default: bench/bench_int8.py measured 0.013 fewer unanswerable questions refused), fp32 (= onnx),
+    reference's vectors), or what ``RAG_ENCODER`` names — int8 (~3x faster, its own vectors, within
+    0.01 of fp32 on bench/bench_int8.py's figures; not the default yet), fp32 (= onnx),
     torch (the sentence-transformers reference). Any other model: "sentence-transformers"."""
     choice = os.environ.get("RAG_ENCODER", "").strip().lower()
     if choice not in ("", "onnx", "fp32", "int8", "torch"):

@@ -252,7 +252,13 @@ class OnnxEncoder:
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.intra_op_num_threads = threads or min(os.cpu_count() or 1, 4)
+        cores = min(os.cpu_count() or 1, 4)
+        # int8 runs one text at a time (below): one thread per run, and the texts of a batch in as many
+        # runs side by side as there are cores (measured on 2 cores: a query 5.3 -> 3.9 ms, passages
+        # 60 -> 82 per second); fp32 batches its texts and spreads each run over the cores
+        one_lane = runtime == RUNTIME_INT8 and not threads
+        opts.intra_op_num_threads = 1 if one_lane else threads or cores
+        self._lanes = cores if one_lane else 1
         opts.inter_op_num_threads = 1
         # onnxruntime's worker threads spin between operators by default; on 2 cores shared with other
         # work that spinning takes the CPU the main thread needs (measured: one query 43 -> 22 ms, passages
@@ -336,11 +342,21 @@ class OnnxEncoder:
             from tqdm import tqdm
 
             bar = tqdm(total=len(texts), desc="embedding", unit="text", leave=False)
-        for start in range(0, len(order), batch_size):
-            rows = order[start:start + batch_size]
+        batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+
+        def run(rows: list[int]) -> None:
             out[rows] = self._embed_batch([ids[i] for i in rows])
             if bar is not None:
                 bar.update(len(rows))
+
+        if self._lanes > 1 and len(batches) > 1:  # onnxruntime runs without the GIL, a session in many threads
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(self._lanes, thread_name_prefix="rag-onnx-run") as pool:
+                list(pool.map(run, batches))
+        else:
+            for rows in batches:
+                run(rows)
         if bar is not None:
             bar.close()
         return out
