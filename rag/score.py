@@ -12,6 +12,7 @@ set by ``rag eval --fit`` (leave-one-page-out figures are what ``rag eval`` repo
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -586,6 +587,11 @@ def period_only(asked: tuple[str, ...], question: str, sentence: str) -> tuple[s
 _EDITION = re.compile(r"第\s*([0-9一二三四五六七八九十百]+)\s*([届次批期轮])")
 
 
+@functools.lru_cache(maxsize=256)
+def _editions_in(text: str) -> frozenset[tuple[str, str]]:
+    return frozenset((m.group(1), m.group(2)) for m in _EDITION.finditer(fold_width(text)))
+
+
 def edition_check(question: str, sentence: str, article: str) -> tuple[str, ...]:
     """The editions a question asks about ("第40届风筝会", "第二批口袋公园") that the evidence does not
     speak for: a sentence naming another one of the same kind ("第41届") does not, nor one naming none
@@ -599,8 +605,8 @@ def edition_check(question: str, sentence: str, article: str) -> tuple[str, ...]
     asked = [(m.group(1), m.group(2)) for m in _EDITION.finditer(fold_width(question))]
     if not asked:
         return ()
-    named = {(m.group(1), m.group(2)) for m in _EDITION.finditer(fold_width(sentence))}
-    whole = {(m.group(1), m.group(2)) for m in _EDITION.finditer(fold_width(article))}
+    named = _editions_in(fold_width(sentence))
+    whole = _editions_in(article)  # the same article text for each of its sentences: scanned once
     missing = []
     for num, kind in asked:
         if (num, kind) in named:
@@ -882,7 +888,7 @@ def gather_evidence(index, info: QuestionInfo, query_vector: np.ndarray, ranked:
             if explicit_years and not miss_y and s_years:
                 miss_y = period_only(explicit_years, info.text, art.text[a0:a1])
             if editions:
-                miss_y += edition_check(info.text, art.text[a0:a1], art.title + "\n" + art.text)
+                miss_y += edition_check(info.text, art.text[a0:a1], context)
             if relative:
                 miss_y += relative_year_check(relative, tuple(relative_years(art.text[a0:a1])), s_years,
                                               table.relative_years(art.article_id))
