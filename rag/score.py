@@ -1,11 +1,12 @@
 """All scoring in one place: how well a sentence answers a question.
 
-Each candidate sentence (or clause window) of the retrieved chunks gets nine features — its share of
+Each candidate sentence (or clause window) of the retrieved chunks gets eleven features — its share of
 the question's key terms, the encoder's question-to-sentence and question-to-passage similarity,
 whether it holds the kind of fact asked for (a rank, a date, a count), whether it is about the asked
-place and the asked year, its chunk's retrieval rank, and how far its similarity and term share fall
-short of the best candidate's — combined by one logistic model into the probability that it answers
-the question. The same probability reranks the chunks, picks the answer and decides when to
+place and the asked year, its chunk's retrieval rank, how far its similarity and term share fall
+short of the best candidate's, and its term share by nearness (a question word it lacks counted by
+how near its nearest word comes, by the index's word table) with that share's shortfall — combined
+by one logistic model into the probability that it answers the question. The same probability reranks the chunks, picks the answer and decides when to
 refuse. Every weight and threshold lives in one frozen :class:`ScoringParams`, fitted on a question
 set by ``rag eval --fit`` (leave-one-page-out figures are what ``rag eval`` reports) and stored in
 ``rag/data/scoring.json``.
