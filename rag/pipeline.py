@@ -148,15 +148,17 @@ def _sentences(articles: list[Article], encoder, old=None, *, chunks=(), staging
     return facts, sentence_vectors, chunk_vectors, reused
 
 
-def word_table(tokens: list[list[str]], encoder, old=None):
-    """The index's word table: every BM25 token of two or more characters with a Han one, sorted, and
-    its query vector (float16); an old index's vectors are reused for the words it had.
+def word_table(chunks, tokenizer: Tokenizer, encoder, old=None):
+    """The chunks' BM25 tokens (the store is built from them too) and the index's word table: every
+    token of two or more characters with a Han one, sorted, and its query vector (float16); an old
+    index's vectors are reused for the words it had.
 
     Returns:
-        (words, vectors)
+        (tokens, words, vectors)
     """
     import numpy as np
 
+    tokens = [tokenizer.tokenize(c.embed_text) for c in chunks]
     words = sorted({t for toks in tokens for t in toks if len(t) >= 2 and any(is_han(c) for c in t)})
     vectors = np.zeros((len(words), encoder.dimension), dtype=np.float16)
     known = old.word_rows if old is not None and old.word_vectors is not None else {}
@@ -167,7 +169,7 @@ def word_table(tokens: list[list[str]], encoder, old=None):
     if new:
         log.info("embedding %d words", len(new))
         vectors[new] = encoder.encode_queries([words[i] for i in new], batch_size=128)
-    return words, vectors
+    return tokens, words, vectors
 
 
 def _check_page_limits(articles: list[Article], chunks) -> None:
@@ -235,8 +237,7 @@ def _build_index(seeds: str | Path, index_dir: str | Path, *, settings: Settings
     tokenizer = _tokenizer(articles)
     sentences, sentence_vectors, vectors, reused = _sentences(articles, encoder, chunks=chunks, staging=staging,
                                                               tokenizer=tokenizer)
-    tokens = [tokenizer.tokenize(c.embed_text) for c in chunks]
-    words, word_vectors = word_table(tokens, encoder)
+    tokens, words, word_vectors = word_table(chunks, tokenizer, encoder)
     write_index(index_dir, articles=articles, chunks=chunks, vectors=vectors, settings=settings, tokenizer=tokenizer,
                 model_name=settings.model.name, seeds=seed_hashes(pages), terms=tokenizer.terms,
                 sentences=sentences, sentence_vectors=sentence_vectors, page_meta_sha256=sidecar_hash(seeds),
@@ -340,8 +341,7 @@ def _remove_pages(names: list[str], index_dir: Path, seeds: Path) -> dict:
                                                        tokenizer=tokenizer)
         hashes = {k: v for k, v in index.manifest.get("seeds", {}).items() if k not in names}
         chunks = [index.chunks[i] for i in rows]
-        tokens = [tokenizer.tokenize(c.embed_text) for c in chunks]
-        words, word_vectors = word_table(tokens, index_encoder(index), old=index)
+        tokens, words, word_vectors = word_table(chunks, tokenizer, index_encoder(index), old=index)
         write_index(index_dir, articles=articles, chunks=chunks,
                     vectors=index.vectors()[rows], settings=index.settings, model_name=index.model, seeds=hashes,
                     terms=tokenizer.terms, tokenizer=tokenizer, sentences=sentences, sentence_vectors=sentence_vectors,
@@ -398,8 +398,7 @@ def _add_pages(files: list[str | Path], index_dir: str | Path, *, seeds: str | P
     hashes = dict(index.manifest.get("seeds", {}))
     hashes.update(seed_hashes([seeds_dir / p.name for p in paths]))
     chunks = [index.chunks[i] for i in rows] + new_chunks
-    tokens = [tokenizer.tokenize(c.embed_text) for c in chunks]
-    words, word_vectors = word_table(tokens, encoder, old=index)
+    tokens, words, word_vectors = word_table(chunks, tokenizer, encoder, old=index)
     write_index(index_dir, articles=articles, chunks=chunks, vectors=np.vstack([old_vectors, new_vectors]),
                 settings=settings, model_name=index.model, seeds=hashes, terms=tokenizer.terms, tokenizer=tokenizer,
                 sentences=sentences, sentence_vectors=sentence_vectors, page_meta_sha256=sidecar_hash(seeds_dir),
