@@ -1,8 +1,9 @@
 """Encoder figures on the real seed chunks: sentence-transformers (torch, the reference) vs the ONNX
-graph through onnxruntime (fp32, the default), the same graph with onnxruntime's spinning worker
-threads (its default, turned off in rag.onnxenc), the code at --before (e.g. the main checkout: its
-own ONNX graph, written into a private copy of the model folder), and the int8 graph of
-RAG_ENCODER=int8 (not the default: its vectors are its own, see the agreement columns). Each
+graph through onnxruntime (fp32: the default on a CPU without 8-bit dot products), the same graph
+with onnxruntime's spinning worker threads (its default, turned off in rag.onnxenc), the code at
+--before (e.g. the main checkout: its own ONNX graph, written into a private copy of the model
+folder), and the int8 graph (RAG_ENCODER=int8; the default on a CPU with VNNI or Arm's dot products:
+its vectors are its own, see the agreement columns). Each
 variant runs in its own fresh process, the variants interleaved and repeated (--repeat, median), so
 that a machine shared with other work treats them alike; the load average is printed with the
 figures, and "per CPU-s" (passages per second of this process's CPU time) is the figure least moved

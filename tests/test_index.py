@@ -25,7 +25,12 @@ def test_index_folder_holds_plain_files_with_a_manifest(index_dir):
             "stopwords.txt"} <= names
     m = json.loads((index_dir / "manifest.json").read_text(encoding="utf-8"))
     assert m["format_version"] == FORMAT_VERSION
-    assert m["model"] == {"name": "bundled:multilingual-e5-small", "dimension": 384, "runtime": "onnx-fp32"}
+    from rag.config import ModelSettings
+    from rag.embed import encoder_runtime
+
+    runtime = encoder_runtime(ModelSettings())  # int8 or fp32, by this CPU (or RAG_ENCODER)
+    assert runtime in ("onnx-int8", "onnx-fp32")
+    assert m["model"] == {"name": "bundled:multilingual-e5-small", "dimension": 384, "runtime": runtime}
     assert m["dense_index"] == "flat-ip"
     assert set(m["seeds"]) == {p.name for p in SEEDS.glob("*.txt")}
     assert {"faiss-cpu", "bm25s", "jieba", "sentence-transformers"} <= set(m["versions"])
