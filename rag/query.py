@@ -15,10 +15,12 @@ _NUM = r"(?:\d+(?:\.\d+)?|[一二三四五六七八九十百千万两]+)"
 # what the question asks for, recognised from its wording
 _RANK_Q = re.compile(r"第几|排第|排名|名次|排[在到]?哪|前几名|排[在到]?几名|位列")  # 引进了几名博士 counts
 _COUNT_Q = re.compile(r"多少|(?<![哪这那近])几(?!乎)|多大|多高|多长|多久|比例|百分之")
-_DATE_Q = re.compile(r"什么时候|何时|哪天|哪几[天年]|哪一天|哪年|哪一年|几月|几号|日期|时间|多久|从哪天|几点|几时")
-_LIST_Q = re.compile(r"哪些|哪几|怎么做|做了什么|采取了|举措|办法|措施|做法|要求|怎么[抓推办干]")
-_BENEFIT_Q = re.compile(r"好处|益处|便利|优势|作用|意义|帮助|有什么用|有何用")
-_WHO_Q = re.compile(r"谁|哪位|哪个单位|哪家|哪所|哪个部门|什么人|哪里|在哪")
+# each with its spoken forms (啥 = 什么, 咋 = 怎么, 多会儿 = 什么时候, 哪儿 = 哪里)
+_DATE_Q = re.compile(r"什么时候|啥时候?|多会儿|哪会儿|何时|哪天|哪几[天年]|哪一天|哪年|哪一年|几月|几号|日期|时间|多久"
+                     r"|从哪天|几点|几时")
+_LIST_Q = re.compile(r"哪些|哪几|[怎咋]么?做|做了[什啥]么?|采取了|举措|办法|措施|做法|要求|怎么[抓推办干]|咋[抓推办干弄整搞]")
+_BENEFIT_Q = re.compile(r"好处|益处|便利|优势|作用|意义|帮助|有什么用|有啥用|有何用")
+_WHO_Q = re.compile(r"谁|哪位|哪个单位|哪家|哪所|哪个部门|什么人|啥人|哪里|哪儿|在哪")
 # the unit asked for after 多少/几: a measure word, or a unit of length, weight, area or money
 _MEASURE_RE = re.compile(rf"(?:多少|(?<![哪这那近])几)(平方公里|平方米|公里|千米|公斤|千克|公顷|块钱|毛钱|万元|亿元"
                          rf"|[{MEASURE_WORDS}钱斤亩米只头张块支本棵株栋层届期部架]?)")

@@ -320,7 +320,8 @@ _SAME_MEASURE = {"名": "名人位", "人": "人名位", "位": "位名人", "�
 # "which one" and "what is it called" ask for a name: 哪家企业, 哪个社区, 哪位, 叫什么, 什么品牌 (not 哪个方面,
 # 哪种方式, 哪一天: a kind, a way or a date is no name)
 _NAME_Q = re.compile(r"哪(?:一|几|\d+|[两三四五六七八九十])?(?:个|家|所|位|座|条|支|批|间)"
-                     r"(?!月|年|天|时|方|环|类|阶段|领域|行业|部分|种)|叫什么|什么名字|名称是|什么名称|什么牌子|什么品牌")
+                     r"(?!月|年|天|时|方|环|类|阶段|领域|行业|部分|种)|叫[什啥]|[什啥]么?名字|名称是|[什啥]么?名称|[什啥]么?牌子"
+                     r"|[什啥]么?品牌")
 _NAME_FLAGS = frozenset({"nr", "nrt", "nrfg", "ns", "nt", "nz"})  # jieba's people, places, bodies, other names
 _QUOTED = re.compile(r"“([^”]{2,30})”|《([^》]{2,40})》|「([^」]{2,30})」")
 

@@ -305,10 +305,30 @@ def _ev(features, *, missing_places=(), missing_years=(), start=0, missing_fact=
     ("换了多少公里管网？", "count", "公里"),
     ("试点选了哪几家企业？", "list", ""),
     ("考核是哪几天进行的？", "date", ""),
+    # spoken forms ask the same: 啥 = 什么, 咋 = 怎么, 多会儿 = 什么时候, 哪儿 = 哪里
+    ("登记啥时候开始？", "date", ""),
+    ("补贴多会儿能发下来？", "date", ""),
+    ("工资被拖欠了咋办？", "list", ""),
+    ("这个平台有啥用？", "benefit", ""),
+    ("新建的驿站都在哪儿？", "who", ""),
 ])
 def test_question_kind_and_measure(question, kind, measure):
     info = analyze_question(question, TOK)
     assert (info.kind.value, info.measure) == (kind, measure)
+
+
+@pytest.mark.parametrize("question, asks", [
+    ("窗口那位工作人员叫什么？", True),
+    ("窗口那位工作人员叫啥？", True),
+    ("土特产打的是啥牌子？", True),
+    ("这个系统啥名字？", True),
+    ("登记啥时候开始？", False),   # a date, not a name
+    ("从哪个方面入手？", False),   # a kind, not a name
+])
+def test_a_question_asks_for_a_name_in_either_register(question, asks):
+    from rag.score import asks_a_name
+
+    assert asks_a_name(question) is asks
 
 
 @pytest.mark.parametrize("features, missing, no_fact, outcome", [
