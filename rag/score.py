@@ -347,20 +347,45 @@ def names_something_new(question: str, sentence: str, tokenizer: Tokenizer | Non
     True
     >>> names_something_new("是在哪3个社区试点的？", "大同街道在3个社区试点")
     False
+
+    A body asked for ("哪家企业", "哪个部门") is named by a body's name, not by a person or a place:
+
+    >>> names_something_new("食堂是哪家爱心企业在运营？", "在瑞昌市南门社区长者食堂，刘大爷一边吃饭一边说")
+    False
+    >>> names_something_new("食堂是哪家爱心企业在运营？", "食堂由瑞昌爱心餐饮公司运营")
+    True
     """
     q = fold_width(question)
     s = fold_width(sentence)
     tokenizer = tokenizer or default_tokenizer()
     toks = tokenizer.remembered(("pos", s), lambda: tuple(tokenizer.pos_cut(s, HMM=True)))
-    kinds = [n for n in _asked_kinds(q, tokenizer) if n in s]
+    asked = _asked_kinds(q, tokenizer)
+    kinds = [n for n in asked if n in s]
     if kinds:
         return any(_names_a(n, toks, q) for n in kinds)
     if any(next(g for g in m.groups() if g) not in q for m in _QUOTED.finditer(s)):
         return True
+    if any(n.endswith(_BODY_KINDS) for n in asked):  # 哪家企业, 哪个部门: a body's name, not a person's or place's
+        return any(f == "nt" or _a_body(i, toks, q) for i, (w, f) in enumerate(toks))
     return any(len(w) >= 2 and f in _NAME_FLAGS and w not in q and place_key(w) not in q  # "海西州" is "海西"
                for w, f in toks)
 
 
+# kinds of body a question may ask the name of, and the endings of a body's name (Chinese generic nouns)
+_BODY_KINDS = ("企业", "公司", "单位", "部门", "机构", "集团", "学校", "医院", "银行", "协会", "组织", "工厂", "厂家", "商家")
+_BODY_ENDS = _BODY_KINDS + ("中心", "大学", "学院", "商会", "委员会", "合作社", "厂", "局", "委", "院", "校", "馆", "店",
+                            "站", "所", "厅")
+
+
+def _a_body(i: int, toks, question: str) -> bool:
+    """Whether word ``i`` ends a body's name not in the question: a word of three or more characters with
+    a body's ending ("餐饮公司", "人民医院"), or a shorter one after a noun ("市人" + "社局")."""
+    w = toks[i][0]
+    if not w.endswith(_BODY_ENDS) or w in question:
+        return False
+    if len(w) >= 3:
+        return True
+    return i > 0 and toks[i - 1][1][0] in "nj" and toks[i - 1][0] + w not in question
 _UNNAMED_BEFORE = "vmrpcudfaqx"  # a verb, number, pronoun, particle... before 社区: "各社区", "3个社区", "考核单位"
 
 

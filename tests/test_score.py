@@ -331,6 +331,22 @@ def test_a_question_asks_for_a_name_in_either_register(question, asks):
     assert asks_a_name(question) is asks
 
 
+@pytest.mark.parametrize("question, sentence, named", [
+    # a body asked for is named by a body's name: not a person's, not a place's
+    ("食堂是哪家爱心企业在运营？", "在瑞昌市南门社区长者食堂，82岁的刘大爷一边吃饭一边说。", False),
+    ("食堂是哪家爱心企业在运营？", "食堂由瑞昌爱心餐饮公司负责运营。", True),
+    ("这事归哪个部门管？", "市民张先生说，这事在西宁很常见。", False),
+    ("这事归哪个部门管？", "此事由市人社局负责。", True),
+    # a person asked for may be named by a person's name
+    ("是哪位专家来讲的课？", "讲课的是刘明教授。", True),
+])
+def test_the_name_of_the_asked_kind_of_thing(question, sentence, named):
+    from rag.score import names_something_new
+
+    assert names_something_new(question, sentence, TOK) is named
+
+
+
 @pytest.mark.parametrize("features, missing, no_fact, outcome", [
     ((1, 1, 1, 1, 1, 1), (), False, "answer"),
     ((0, 0, 0, 1, 1, 1), (), False, "refuse"),
