@@ -366,7 +366,7 @@ def names_something_new(question: str, sentence: str, tokenizer: Tokenizer | Non
     if any(next(g for g in m.groups() if g) not in q for m in _QUOTED.finditer(s)):
         return True
     if any(n.endswith(_BODY_KINDS) for n in asked):  # 哪家企业, 哪个部门: a body's name, not a person's or place's
-        return any(f == "nt" or _a_body(i, toks, q) for i, (w, f) in enumerate(toks))
+        return any(f == "nt" or _a_body(i, toks, q) for i, (_w, f) in enumerate(toks))
     return any(len(w) >= 2 and f in _NAME_FLAGS and w not in q and place_key(w) not in q  # "海西州" is "海西"
                for w, f in toks)
 
@@ -386,6 +386,8 @@ def _a_body(i: int, toks, question: str) -> bool:
     if len(w) >= 3:
         return True
     return i > 0 and toks[i - 1][1][0] in "nj" and toks[i - 1][0] + w not in question
+
+
 _UNNAMED_BEFORE = "vmrpcudfaqx"  # a verb, number, pronoun, particle... before 社区: "各社区", "3个社区", "考核单位"
 
 
