@@ -345,7 +345,7 @@ def resolve_bundled():
     return Path(resolve_model(ModelSettings()))
 
 
-def test_a_cache_from_an_older_rag_gets_the_new_graph_beside_its_own(tmp_path):
+def test_a_cache_from_an_older_rag_gets_the_new_graph_beside_its_own(tmp_path, fp32_encoder):
     """A cache written by an older rag holds only its ``onnx/`` (format 2, graph fed ``mask_bias``): the
     format-3 files are written once beside it, whole (a temporary folder renamed into place), and
     loaded; the older folder is left for the older rag sharing the cache, so neither rewrites the
@@ -376,10 +376,7 @@ def test_a_cache_from_an_older_rag_gets_the_new_graph_beside_its_own(tmp_path):
     assert marker["format"] == "rag-onnx-bert/3"
     assert (older / "encoder.onnx").read_bytes() == b"older"
     assert sorted(p.name for p in model.iterdir() if p.name.startswith("onnx")) == sorted(["onnx", ONNX_DIR])
-    from rag.config import ModelSettings
-    from rag.embed import get_encoder
-
-    want = get_encoder(ModelSettings(), "onnx-fp32").encode_queries(["格尔木的开发区在全国排第几？"])
+    want = fp32_encoder.encode_queries(["格尔木的开发区在全国排第几？"])
     assert float((np.load(tmp_path / "q.npy") * want).sum()) >= 0.99999
 
 
